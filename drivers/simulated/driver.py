@@ -1,0 +1,86 @@
+"""A driver for devices that exist only in software: the demo, the tests and the benchmarks use it."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.driver import DeviceInfo, DriverError
+from gateway.fields import Duration, Name
+from gateway.model import PointSet, PollResult
+
+
+class SimPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Name
+    signal: Literal["counter", "sine", "random"] = "counter"
+    period: Duration = 60.0  # sine period
+    amplitude: float = 1.0  # sine amplitude, random spread
+    offset: float = 0.0
+    unit: str | None = None
+
+
+class SimulatedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    points: list[SimPoint] = Field(min_length=1)
+    # For fault tests: a file whose presence makes the device stop answering.
+    fail_flag: str | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> SimulatedConfig:
+        names = [p.name for p in self.points]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate point name {dupes[0]!r}")
+        return self
+
+
+class SimulatedDriver:
+    """Generates counter, sine and random signals; ``fail_flag`` simulates a dead device."""
+
+    Config: ClassVar[type[BaseModel]] = SimulatedConfig
+    bus: str | None = None
+
+    def __init__(self, config: SimulatedConfig, device: DeviceInfo) -> None:
+        self._config = config
+        self._device = device
+        self.points = PointSet(
+            names=tuple(p.name for p in config.points), units=tuple(p.unit for p in config.points)
+        )
+        self._count = 0
+        self._rng = random.Random(device.name)
+        self._kinds = [(p.signal, 2 * math.pi / p.period, p.amplitude, p.offset) for p in config.points]
+
+    async def open(self) -> None:
+        self._check_alive()
+
+    async def poll(self) -> PollResult:
+        self._check_alive()
+        self._count += 1
+        n, now, rnd = self._count, time.time(), self._rng.random
+        values: list[float | int] = []
+        for signal, omega, amplitude, offset in self._kinds:
+            if signal == "counter":
+                values.append(n + int(offset))
+            elif signal == "sine":
+                values.append(round(offset + amplitude * math.sin(omega * now), 6))
+            else:
+                values.append(round(offset + amplitude * (rnd() - 0.5), 6))
+        return PollResult(values)
+
+    async def close(self) -> None:
+        return None
+
+    def _check_alive(self) -> None:
+        flag = self._config.fail_flag
+        if flag is not None:
+            try:
+                with open(flag) as fh:
+                    reason = fh.read().strip() or "simulated failure"
+            except FileNotFoundError:
+                return
+            raise DriverError(reason)
