@@ -1,0 +1,140 @@
+"""The `gateway` command: run, check, status, demo, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+
+DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
+EXIT_BAD_CONFIG = 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG),
+        help=f"the config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="city-gateway: field devices to MQTT")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the gateway (what the service does)")
+    _config_arg(run)
+    check = sub.add_parser("check", help="validate a config file and summarise it")
+    _config_arg(check)
+    status = sub.add_parser("status", help="show the state of the gateway running on this machine")
+    _config_arg(status)
+    status.add_argument("--data-dir", help="the running gateway's data directory (instead of --config)")
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    demo = sub.add_parser("demo", help="run against simulated devices and a local broker, show readings")
+    demo.add_argument("--config", default=None, help="a config of simulated devices (default: built in)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+
+
+def _load(path: str):
+    from gateway.config import ConfigFileError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    from gateway.daemon import AlreadyRunning, Daemon
+
+    try:
+        return asyncio.run(Daemon(config).run())
+    except AlreadyRunning as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    mqtt = config.mqtt
+    print(f"{args.config}: OK (config {config.hash})")
+    print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")
+    tls = "TLS" if mqtt.tls else "plain TCP"
+    print(f"  broker   {mqtt.host}:{mqtt.port} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
+          f"{mqtt.encoding}")
+    print(f"  buffer   up to {config.buffer.max_mb:g} MB, committed every {config.buffer.commit_interval:g}s")
+    for dev in config.devices:
+        npoints = len(getattr(dev.options, "points", ()) or ())
+        state = "" if dev.enabled else " (disabled)"
+        print(f"  device   {dev.name}: {dev.driver}, {npoints} points every {dev.interval:g}s{state}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.control import SOCKET_NAME, request
+
+    if args.data_dir:
+        data_dir = Path(args.data_dir)
+    else:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_BAD_CONFIG
+        data_dir = Path(config.gateway.data_dir)
+    try:
+        answer = request(data_dir / SOCKET_NAME, {"cmd": "status"})
+    except ConnectionError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    status = answer["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        from gateway.statusview import render
+
+        print(render(status))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.config, args.duration)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"city-gateway {__version__}")
+        return 0
+    setup_logging(args.log_level)
+    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The daemon's local control socket: one JSON request per line, one JSON answer per line.
+
+The socket lives in the data directory and is reachable only by its owner (mode 0600). The
+technician tools (`gateway status`, later `read`/`write`) talk to a running daemon through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "gateway.sock"
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    """Answers requests like ``{"cmd": "status"}`` with the handler's JSON-able dict."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket of a process that died
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+                answer = await self._handler(request)
+            except (ValueError, KeyError) as exc:
+                answer = {"ok": False, "error": f"bad request: {exc}"}
+            writer.write(json.dumps(answer, default=str).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError) as exc:
+            log.debug("control client gone: %s", exc)
+        finally:
+            writer.close()
+
+
+def request(path: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to a running daemon and return its answer (blocking; for the CLI).
+
+    Raises ConnectionError with a readable reason when no daemon answers at ``path``.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(f"no gateway is running with data directory {path.parent}") from exc
+        except PermissionError as exc:
+            raise ConnectionError(f"not allowed to talk to the gateway at {path} (run as its user)") from exc
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise ConnectionError("the gateway closed the connection without answering")
+    return json.loads(data)

@@ -1,0 +1,153 @@
+"""Wires the stages together: scheduler -> buffer -> publisher, plus status, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.buffer import Buffer
+from gateway.control import SOCKET_NAME, ControlServer
+from gateway.driver import load_driver
+from gateway.publisher import Publisher
+from gateway.scheduler import Scheduler
+from gateway.settings import Config
+from gateway.systemd import notify
+
+log = logging.getLogger(__name__)
+
+RUNNING_MARKER = "running"  # present while a daemon runs; found at start = the last run did not end cleanly
+STOP_BUDGET = 8.0  # seconds the shutdown may take in all (systemd and the contract allow 10)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another gateway process holds the data directory."""
+
+
+class Daemon:
+    """One running gateway. ``await Daemon(config).run()`` returns when stopped by a signal."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = Path(config.gateway.data_dir)
+        self.started_ts = int(time.time() * 1000)
+        self.clean_start = True
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        max_bytes = int(config.buffer.max_mb * 1024 * 1024)
+        self.buffer = Buffer(self.data_dir, max_bytes=max_bytes, commit_interval=config.buffer.commit_interval)
+        self.scheduler = Scheduler(sink=self.buffer.put, on_change=self._status_changed)
+        self.publisher = Publisher(
+            config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status
+        )
+        self.control = ControlServer(self.data_dir / SOCKET_NAME, self._control)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start everything, run until SIGTERM/SIGINT, stop in order. Returns the exit status."""
+        self._prepare_data_dir()
+        await self.buffer.open()
+        publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        for spec in self.config.devices:
+            if spec.enabled:
+                self.scheduler.add(spec, load_driver(spec.driver))
+        await self.control.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        enabled = sum(1 for d in self.config.devices if d.enabled)
+        log.info(
+            "gateway %s %s started: %d devices, broker %s:%d, data in %s%s",
+            self.config.gateway.id, __version__, enabled, self.config.mqtt.host, self.config.mqtt.port,
+            self.data_dir, "" if self.clean_start else " (the last run did not stop cleanly)",
+        )
+        notify("READY=1")
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._shutdown(publisher_task)
+        return 0
+
+    async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
+        notify("STOPPING=1")
+        log.info("stopping: flushing the buffer and saying goodbye to the broker")
+        deadline = time.monotonic() + STOP_BUDGET
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.scheduler.stop_all()
+        await self.buffer.flush()
+        with contextlib.suppress(TimeoutError):
+            await self.publisher.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
+        publisher_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await publisher_task
+        await self.control.close()
+        await self.buffer.close()
+        (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        log.info("stopped")
+
+    def _prepare_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another gateway is already running with data directory {self.data_dir}") from None
+        self._lock_fd = fd
+        marker = self.data_dir / RUNNING_MARKER
+        self.clean_start = not marker.exists()
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _status_changed(self) -> None:
+        self.publisher.status_changed()
+
+    def status(self) -> dict[str, Any]:
+        """The status document (schema 1), as published on the retained status topic."""
+        stats = self.buffer.stats()
+        return {
+            "schema": 1,
+            "state": "online",
+            "version": __version__,
+            "ts": int(time.time() * 1000),
+            "started_ts": self.started_ts,
+            "clean_start": self.clean_start,
+            "config_hash": self.config.hash,
+            "buffer": {
+                "state": stats.state,
+                "reason": stats.reason,
+                "pending": stats.pending,
+                "evicted": stats.evicted,
+                "bytes": stats.bytes,
+                "recovered_corrupt": stats.recovered_corrupt,
+            },
+            "broker": {
+                "connected": self.publisher.connected,
+                "last_error": self.publisher.last_error,
+                "messages_sent": self.publisher.messages_sent,
+                "readings_sent": self.publisher.readings_sent,
+            },
+            "devices": self.scheduler.health(),
+        }
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}

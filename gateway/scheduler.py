@@ -1,0 +1,219 @@
+"""Poll loops: one task per device, deadline scheduling on the monotonic clock, backoff, health.
+
+Each device has its own task, started and stopped alone (a reload restarts only what changed).
+Devices that share a physical bus (the driver's ``bus`` key) take turns through one lock per bus,
+so one request is on the line at a time. Time belongs to the scheduler: drivers never sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.driver import DeviceInfo, Driver, DriverError
+from gateway.model import Batch
+from gateway.settings import DeviceSpec
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0  # seconds between attempts at a dead device, at most
+POLL_GUARD = 30.0  # a poll still running after interval + this is abandoned as hung
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """What the status reports of one device."""
+
+    state: str = "starting"  # starting | ok | error
+    last_error: str | None = None
+    last_read_ts: int | None = None
+    polls: int = 0
+    errors: int = 0
+    overruns: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "last_error": self.last_error,
+            "last_read_ts": self.last_read_ts,
+            "polls": self.polls,
+            "errors": self.errors,
+            "overruns": self.overruns,
+        }
+
+
+def next_deadline(deadline: float, interval: float, now: float) -> tuple[float, int]:
+    """Advance ``deadline`` by one interval; if that is already past, skip the missed slots.
+
+    Returns the new deadline and how many polls were skipped (overruns). Polls never queue up
+    behind a slow one, and the grid stays anchored to the start (no drift).
+    """
+    deadline += interval
+    if now <= deadline:
+        return deadline, 0
+    missed = math.floor((now - deadline) / interval) + 1
+    return deadline + missed * interval, missed
+
+
+def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> float:
+    """Delay before the next attempt at a failing device: the interval, doubling, capped."""
+    return min(max(cap, interval), interval * (2 ** min(failures - 1, 30)))
+
+
+class DeviceTask:
+    """Polls one device forever, hands each poll to ``sink`` as a Batch, tracks health."""
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        driver_cls: type[Driver],
+        *,
+        sink: Callable[[Batch], None],
+        on_change: Callable[[], None],
+        bus_lock: asyncio.Lock | None = None,
+    ) -> None:
+        self.spec = spec
+        self.health = DeviceHealth()
+        self.driver: Driver = driver_cls(spec.options, DeviceInfo(name=spec.name, interval=spec.interval))
+        self._sink = sink
+        self._on_change = on_change
+        self.bus_lock = bus_lock
+        self._task: asyncio.Task[None] | None = None
+        self._opened = False
+
+    @property
+    def bus(self) -> str | None:
+        return self.driver.bus
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"poll:{self.spec.name}")
+
+    async def stop(self) -> None:
+        """Cancel the poll loop and close the driver."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close()
+
+    @property
+    def alive(self) -> bool:
+        """True while the poll loop runs (used by the watchdog)."""
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        interval = self.spec.interval
+        failures = 0
+        deadline = time.monotonic()
+        while True:
+            ok = await self._poll_once()
+            now = time.monotonic()
+            if ok:
+                failures = 0
+                deadline, missed = next_deadline(deadline, interval, now)
+                self.health.overruns += missed
+            else:
+                failures += 1
+                deadline = now + backoff_delay(interval, failures)
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    async def _poll_once(self) -> bool:
+        try:
+            if self.bus_lock is None:
+                result = await self._guarded_poll()
+            else:
+                async with self.bus_lock:
+                    result = await self._guarded_poll()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any driver failure is a device failure, never a dead loop
+            await self._failed(exc)
+            return False
+        ts = int(time.time() * 1000)
+        self.health.polls += 1
+        self.health.last_read_ts = ts
+        self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors))
+        if self.health.state != "ok":
+            if self.health.state == "error":
+                log.warning("device %s is back", self.spec.name)
+            self.health.state = "ok"
+            self.health.last_error = None
+            self._on_change()
+        return True
+
+    async def _guarded_poll(self):
+        async with asyncio.timeout(self.spec.interval + POLL_GUARD):
+            if not self._opened:
+                await self.driver.open()
+                self._opened = True
+            return await self.driver.poll()
+
+    async def _failed(self, exc: BaseException) -> None:
+        reason = _describe(exc)
+        self.health.errors += 1
+        changed = self.health.state != "error" or self.health.last_error != reason
+        if self.health.state != "error":
+            log.warning("device %s lost: %s", self.spec.name, reason)
+        self.health.state = "error"
+        self.health.last_error = reason
+        await self._close()
+        if changed:
+            self._on_change()
+
+    async def _close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        try:
+            await self.driver.close()
+        except Exception as exc:
+            log.debug("device %s: close failed: %s", self.spec.name, exc)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DriverError):
+        return str(exc) or "no response"
+    if isinstance(exc, TimeoutError):
+        return "poll hung and was abandoned"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Scheduler:
+    """Owns the device tasks; each can be started and stopped alone."""
+
+    def __init__(self, *, sink: Callable[[Batch], None], on_change: Callable[[], None]) -> None:
+        self._sink = sink
+        self._on_change = on_change
+        self.tasks: dict[str, DeviceTask] = {}
+        self._bus_locks: dict[str, asyncio.Lock] = {}
+
+    def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
+        """Create and start the task of one device."""
+        task = DeviceTask(spec, driver_cls, sink=self._sink, on_change=self._on_change)
+        if task.bus is not None:
+            task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
+        self.tasks[spec.name] = task
+        task.start()
+        return task
+
+    async def remove(self, name: str) -> None:
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            await task.stop()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(t.stop() for t in self.tasks.values()))
+        self.tasks.clear()
+
+    def health(self) -> dict[str, dict[str, object]]:
+        return {name: task.health.as_dict() for name, task in self.tasks.items()}
+
+    def all_alive(self) -> bool:
+        return all(task.alive for task in self.tasks.values())

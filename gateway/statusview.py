@@ -1,0 +1,41 @@
+"""Renders the status document as a few lines a technician can read at the cabinet."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _ago(ts_ms: int | None, now_ms: int) -> str:
+    if not ts_ms:
+        return "never"
+    seconds = max(0, (now_ms - ts_ms) // 1000)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def render(status: dict[str, Any]) -> str:
+    """A short human summary of a status document."""
+    now = int(time.time() * 1000)
+    buf = status.get("buffer", {})
+    broker = status.get("broker", {})
+    uptime = _ago(status.get("started_ts"), now).replace(" ago", "")
+    lines = [
+        f"gateway {status.get('version')}  up {uptime}  config {status.get('config_hash')}"
+        + ("" if status.get("clean_start", True) else "  (last run did not stop cleanly)"),
+        "broker   " + ("connected" if broker.get("connected") else f"NOT connected ({broker.get('last_error')})"),
+        f"buffer   {buf.get('state')}  pending {buf.get('pending')} readings, {buf.get('bytes')} bytes, "
+        f"evicted {buf.get('evicted')}" + (f"  ({buf['reason']})" if buf.get("reason") else ""),
+    ]
+    devices = status.get("devices", {})
+    width = max((len(name) for name in devices), default=6)
+    for name, dev in sorted(devices.items()):
+        line = (f"device   {name:<{width}}  {dev.get('state'):<8} last read {_ago(dev.get('last_read_ts'), now)}, "
+                f"polls {dev.get('polls')}, errors {dev.get('errors')}, overruns {dev.get('overruns')}")
+        if dev.get("last_error"):
+            line += f"  last error: {dev['last_error']}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Scheduling maths and the poll loop's health tracking, with the simulated driver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from drivers.simulated.driver import SimulatedConfig, SimulatedDriver
+from gateway.model import Batch, PointSet, PollResult
+from gateway.scheduler import MAX_BACKOFF, Scheduler, backoff_delay, next_deadline
+from gateway.settings import DeviceSpec
+
+
+def test_next_deadline_on_time_keeps_grid() -> None:
+    assert next_deadline(10.0, 1.0, 10.5) == (11.0, 0)
+
+
+def test_next_deadline_skips_missed_slots_and_counts_them() -> None:
+    # The poll took 3.5 intervals: slots 11, 12, 13 are gone, the next is 14.
+    deadline, missed = next_deadline(10.0, 1.0, 13.5)
+    assert (deadline, missed) == (14.0, 3)
+
+
+def test_next_deadline_exactly_on_the_slot_is_not_an_overrun() -> None:
+    assert next_deadline(10.0, 1.0, 11.0) == (11.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("interval", "failures", "expected"),
+    [(1.0, 1, 1.0), (1.0, 2, 2.0), (1.0, 4, 8.0), (1.0, 50, MAX_BACKOFF), (0.1, 3, 0.4), (120.0, 5, 120.0)],
+)
+def test_backoff_doubles_and_caps(interval: float, failures: int, expected: float) -> None:
+    assert backoff_delay(interval, failures) == pytest.approx(expected)
+
+
+def _spec(name: str, interval: float, fail_flag: Path | None = None) -> DeviceSpec:
+    options = SimulatedConfig.model_validate(
+        {"points": [{"name": "a", "signal": "counter"}, {"name": "b", "signal": "sine"}],
+         "fail_flag": str(fail_flag) if fail_flag else None}
+    )
+    return DeviceSpec(name=name, driver="simulated", interval=interval, enabled=True, options=options, raw={})
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_device_lost_and_back_changes_state_once_each(tmp_path: Path) -> None:
+    flag = tmp_path / "dead"
+    batches: list[Batch] = []
+    changes: list[str] = []
+    other_batches = 0
+
+    def sink(batch: Batch) -> None:
+        nonlocal other_batches
+        if batch.device == "healthy":
+            other_batches += 1
+        else:
+            batches.append(batch)
+
+    sched = Scheduler(sink=sink, on_change=lambda: changes.append("x"))
+    task = sched.add(_spec("flaky", 0.02, flag), SimulatedDriver)
+    sched.add(_spec("healthy", 0.02), SimulatedDriver)
+    await _until(lambda: len(batches) >= 3)
+    assert task.health.state == "ok"
+    flag.write_text("unit 1 does not answer")
+    await _until(lambda: task.health.state == "error")
+    assert task.health.last_error == "unit 1 does not answer"
+    seen_healthy = other_batches
+    await _until(lambda: other_batches >= seen_healthy + 5)  # the others keep flowing
+    count = len(batches)
+    flag.unlink()
+    await _until(lambda: task.health.state == "ok" and len(batches) > count)
+    assert task.health.last_error is None
+    assert task.health.errors >= 1
+    await sched.stop_all()
+    # starting->ok (x2 devices), ok->error, error->ok: four changes, not one per failed poll
+    assert len(changes) == 4
+    assert batches[0].points.names == ("a", "b")
+    counters = [b.values[0] for b in batches]
+    assert counters == sorted(counters)
+
+
+class _SlowDriver:
+    Config = SimulatedConfig
+    bus = None
+
+    def __init__(self, config: object, device: object) -> None:
+        self.points = PointSet(("x",), (None,))
+        self.polls = 0
+
+    async def open(self) -> None:
+        return None
+
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        await asyncio.sleep(0.035)  # the device is slower than the 10 ms interval
+        return PollResult([self.polls])
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_slow_poll_skips_and_counts_overruns_instead_of_queueing() -> None:
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    task = sched.add(_spec("slow", 0.01), _SlowDriver)  # type: ignore[arg-type]
+    await _until(lambda: len(batches) >= 5)
+    await sched.stop_all()
+    assert task.health.overruns >= 2 * (len(batches) - 1)
+    assert task.health.polls == len(batches)
+
+
+class _BusDriver(_SlowDriver):
+    bus = "serial:/dev/ttyTEST"
+    active = 0
+    peak = 0
+
+    async def poll(self) -> PollResult:
+        cls = type(self)
+        cls.active += 1
+        cls.peak = max(cls.peak, cls.active)
+        await asyncio.sleep(0.005)
+        cls.active -= 1
+        return PollResult([1])
+
+
+async def test_devices_on_one_bus_take_turns() -> None:
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    for i in range(3):
+        sched.add(_spec(f"unit-{i}", 0.005), _BusDriver)  # type: ignore[arg-type]
+    await _until(lambda: len({b.device for b in batches}) == 3 and len(batches) >= 15)
+    await sched.stop_all()
+    assert _BusDriver.peak == 1
