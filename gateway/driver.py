@@ -6,7 +6,8 @@ registered in the ``gateway.drivers`` entry-point group and loaded only when a c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -28,12 +29,44 @@ class ConfigError(Exception):
     """A config is invalid in a way a model alone cannot express (raised by a driver's checks)."""
 
 
+class SharedPool:
+    """Connections shared by several devices (units on one RS-485 port, one serial server).
+
+    Owned by the daemon and handed to every driver in DeviceInfo, so drivers need no global table.
+    ``acquire(key, factory)`` returns the one object for ``key``, made by ``factory()`` on first use;
+    ``release(key)`` returns the object when its last user released it (the caller closes it), else
+    None.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[Any, int]] = {}
+
+    def acquire(self, key: str, factory: Callable[[], Any]) -> Any:
+        item, users = self._items.get(key, (None, 0))
+        if users == 0:
+            item = factory()
+        self._items[key] = (item, users + 1)
+        return item
+
+    def release(self, key: str) -> Any | None:
+        item, users = self._items.get(key, (None, 0))
+        if users <= 1:
+            self._items.pop(key, None)
+            return item
+        self._items[key] = (item, users - 1)
+        return None
+
+    def users(self, key: str) -> int:
+        return self._items.get(key, (None, 0))[1]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """What the core tells a driver about the device it serves."""
 
     name: str
     interval: float  # seconds between polls
+    shared: SharedPool = field(default_factory=SharedPool)  # connections shared with other devices
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.driver import DeviceInfo, Driver, DriverError
+from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
 from gateway.model import Batch
 from gateway.settings import DeviceSpec
 
@@ -76,10 +76,12 @@ class DeviceTask:
         sink: Callable[[Batch], None],
         on_change: Callable[[], None],
         bus_lock: asyncio.Lock | None = None,
+        shared: SharedPool | None = None,
     ) -> None:
         self.spec = spec
         self.health = DeviceHealth()
-        self.driver: Driver = driver_cls(spec.options, DeviceInfo(name=spec.name, interval=spec.interval))
+        info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool())
+        self.driver: Driver = driver_cls(spec.options, info)
         self._sink = sink
         self._on_change = on_change
         self.bus_lock = bus_lock
@@ -193,10 +195,11 @@ class Scheduler:
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
         self._bus_locks: dict[str, asyncio.Lock] = {}
+        self.shared = SharedPool()
 
     def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
         """Create and start the task of one device."""
-        task = DeviceTask(spec, driver_cls, sink=self._sink, on_change=self._on_change)
+        task = DeviceTask(spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared)
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
         self.tasks[spec.name] = task

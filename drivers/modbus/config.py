@@ -59,6 +59,12 @@ class Point(_Strict):
 class ModbusConfig(_Strict):
     connection: TcpConnection
     points: list[Point] = Field(min_length=1)
+    # Request planning: points of one table at most max_gap unused addresses apart are read in one
+    # request; max_registers / max_bits cap one request (the protocol allows 125 and 2000; some
+    # devices accept less).
+    max_gap: int = Field(default=16, ge=0, le=65535)
+    max_registers: int = Field(default=125, ge=4, le=125)
+    max_bits: int = Field(default=2000, ge=1, le=2000)
 
     @model_validator(mode="after")
     def _unique_points(self) -> ModbusConfig:

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: real servers and processes to test against."""

@@ -1,0 +1,185 @@
+"""A real pymodbus Modbus TCP server for tests: settable values, stop/restart, request counting.
+
+Usage::
+
+    server = ModbusTestServer(holding=[(0, 100)])        # serves holding 0..99, the rest: defaults
+    await server.start()                                 # 127.0.0.1, a free port (server.port)
+    await server.set_registers("holding", 10, [0x42F6, 0xE979])
+    ...
+    await server.stop()                                  # the port refuses connections
+    await server.start()                                 # same port, same values
+    server.mute(True)                                    # connected, but never answers
+    await server.stop()
+
+Each table serves the address ranges given (default: 0..99). A register outside them answers
+with exception 2 (illegal data address), so a range list with a hole makes a hole in the map.
+Bit tables are stored 16 bits to a register: bits between two ranges read as False rather than
+failing; only reads past the last range fail.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+TABLES = ("coil", "discrete", "holding", "input")
+BIT_TABLES = ("coil", "discrete")
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+DEFAULT_RANGE = ((0, 100),)
+
+_CODES = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
+          "float32": "f", "float64": "d"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request the server received."""
+
+    function_code: int
+    address: int
+    count: int
+
+
+class ModbusTestServer:
+    """A ModbusTcpServer with one unit, on 127.0.0.1, that can be stopped and revived on its port.
+
+    ``requests`` lists every request received (across restarts) until ``clear_requests``.
+    """
+
+    def __init__(
+        self,
+        *,
+        unit_id: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        coil: Sequence[tuple[int, int]] = DEFAULT_RANGE,
+        discrete: Sequence[tuple[int, int]] = DEFAULT_RANGE,
+        holding: Sequence[tuple[int, int]] = DEFAULT_RANGE,
+        input: Sequence[tuple[int, int]] = DEFAULT_RANGE,  # shadows the builtin: it is the table name
+    ) -> None:
+        self.unit_id = unit_id
+        self.host = host
+        self.port = port  # 0 until the first start picks a free one
+        self.ranges: dict[str, tuple[tuple[int, int], ...]] = {
+            "coil": tuple(coil), "discrete": tuple(discrete), "holding": tuple(holding), "input": tuple(input)
+        }
+        for table, ranges in self.ranges.items():
+            if not ranges:
+                raise ValueError(f"table {table!r} needs at least one (address, count) range")
+        self._image: dict[str, dict[int, Any]] = {
+            table: {a: (False if table in BIT_TABLES else 0) for start, n in ranges for a in range(start, start + n)}
+            for table, ranges in self.ranges.items()
+        }
+        self.requests: list[Request] = []
+        self.muted = False
+        self._server: ModbusTcpServer | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between start and stop."""
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Listen on ``host:port`` (a free port the first time when port is 0)."""
+        if self._server is not None:
+            raise RuntimeError("the test server is already running")
+        server = ModbusTcpServer(
+            self._device(),
+            address=(self.host, self.port),
+            trace_pdu=self._trace_pdu,
+            trace_packet=self._trace_packet,
+        )
+        await server.serve_forever(background=True)
+        if self.port == 0:
+            self.port = server.transport.sockets[0].getsockname()[1]
+        self._server = server
+
+    async def stop(self) -> None:
+        """Stop listening and drop every client connection; values are kept for a restart."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for table, ranges in self.ranges.items():
+            for start, count in ranges:
+                live = await server.async_getValues(self.unit_id, FUNCTION_CODES[table], start, count)
+                self._image[table].update(zip(range(start, start + count), live, strict=False))
+        await server.shutdown()
+
+    async def restart(self) -> None:
+        """Stop, then start again on the same port."""
+        await self.stop()
+        await self.start()
+
+    def mute(self, on: bool = True) -> None:
+        """While muted the server keeps connections and counts requests but sends no answer."""
+        self.muted = on
+
+    async def set_registers(self, table: str, address: int, values: Sequence[int]) -> None:
+        """Set registers of ``holding`` or ``input`` (0..65535 each), live when running."""
+        if table not in ("holding", "input"):
+            raise ValueError(f"{table!r} is not a register table")
+        await self._set(table, address, [int(v) & 0xFFFF for v in values])
+
+    async def set_bits(self, table: str, address: int, values: Sequence[bool]) -> None:
+        """Set bits of ``coil`` or ``discrete``, live when running."""
+        if table not in BIT_TABLES:
+            raise ValueError(f"{table!r} is not a bit table")
+        await self._set(table, address, [bool(v) for v in values])
+
+    def get(self, table: str, address: int) -> Any:
+        """The value last set (or snapshot at stop) at ``address``; not live client writes."""
+        return self._image[table][address]
+
+    def clear_requests(self) -> None:
+        """Forget the requests counted so far."""
+        self.requests.clear()
+
+    async def _set(self, table: str, address: int, values: list[Any]) -> None:
+        image = self._image[table]
+        missing = [a for a in range(address, address + len(values)) if a not in image]
+        if missing:
+            raise ValueError(f"{table} address {missing[0]} is not served by this server")
+        image.update(zip(range(address, address + len(values)), values, strict=True))
+        if self._server is not None:
+            await self._server.async_setValues(self.unit_id, FUNCTION_CODES[table], address, values)
+
+    def _device(self) -> SimDevice:
+        def blocks(table: str) -> list[SimData]:
+            datatype = DataType.BITS if table in BIT_TABLES else DataType.REGISTERS
+            image = self._image[table]
+            return [
+                SimData(address=start, values=[image[a] for a in range(start, start + n)], datatype=datatype)
+                for start, n in self.ranges[table]
+            ]
+
+        # Four separate tables (not the shared layout): coil 5 and holding 5 are different things.
+        return SimDevice(id=self.unit_id, simdata=tuple(blocks(t) for t in TABLES))  # type: ignore[arg-type]
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            self.requests.append(Request(pdu.function_code, pdu.address, pdu.count))
+        return pdu
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        return b"" if sending and self.muted else data
+
+
+def encode_registers(value: float | int, type_: str, byte_order: str = "ABCD") -> list[int]:
+    """The registers a device sends for ``value`` of ``type_`` in ``byte_order``.
+
+    Written independently of the driver's decoder: the big-endian bytes are cut into words, the
+    word order reversed for CDAB/DCBA and the bytes of each word swapped for BADC/DCBA.
+    """
+    raw = struct.pack(">" + _CODES[type_], value)
+    words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
+    if byte_order in ("CDAB", "DCBA"):
+        words.reverse()
+    if byte_order in ("BADC", "DCBA"):
+        words = [w[::-1] for w in words]
+    return [int.from_bytes(w, "big") for w in words]
