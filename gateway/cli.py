@@ -49,6 +49,8 @@ def setup_logging(level: str) -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    # pymodbus logs every failed connect and timeout; the scheduler logs state changes instead.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _load(path: str):

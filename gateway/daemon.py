@@ -143,8 +143,14 @@ class Daemon:
                 "messages_sent": self.publisher.messages_sent,
                 "readings_sent": self.publisher.readings_sent,
             },
-            "devices": self.scheduler.health(),
+            "devices": self._device_status(),
         }
+
+    def _device_status(self) -> dict[str, dict[str, Any]]:
+        devices = self.scheduler.health()
+        for name, entry in devices.items():
+            entry["seq"] = self.buffer.next_seq(name) - 1  # the last number given to a committed reading
+        return devices
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")

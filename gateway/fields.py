@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -24,8 +25,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _FACTOR[m.group(2)]
     else:
         raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 10s, 5m)")
-    if not seconds > 0:
-        raise ValueError(f"{value!r} must be greater than zero")
+    if not math.isfinite(seconds) or not seconds > 0:
+        raise ValueError(f"{value!r} must be a finite time greater than zero")
     return seconds
 
 
