@@ -134,6 +134,27 @@ class _Checker:
                 self._duplicate_points(("devices", i), points)
         for i, spec in specs:
             self._overlaps(("devices", i, "points"), spec.options)
+        self._driver_checks(specs)
+
+    def _driver_checks(self, specs: list[tuple[int, DeviceSpec]]) -> None:
+        """A driver may check its devices together (one serial port, one setting): ``check_devices``."""
+        index = {spec.name: i for i, spec in specs}
+        by_driver: dict[str, list[DeviceSpec]] = {}
+        for _, spec in specs:
+            by_driver.setdefault(spec.driver, []).append(spec)
+        for name, group in by_driver.items():
+            cls = self._drivers.get(name)
+            check = getattr(cls, "check_devices", None)
+            if check is None:
+                continue
+            try:
+                found = check([(spec.name, spec.options) for spec in group])
+            except Exception as exc:  # a third-party driver's bug must not become a traceback
+                self._doc.problem(("devices",), f"driver {name!r} failed checking its devices: {exc}")
+                continue
+            for device, message in found:
+                loc = ("devices", index[device], "name") if device in index else ("devices",)
+                self._doc.problem(loc, message, line=self._line(loc))
 
     def _line(self, loc: Loc) -> int | None:
         return self._doc.lines.line(loc)
