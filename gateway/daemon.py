@@ -150,6 +150,9 @@ class Daemon:
         devices = self.scheduler.health()
         for name, entry in devices.items():
             entry["seq"] = self.buffer.next_seq(name) - 1  # the last number given to a committed reading
+            counters = getattr(self.scheduler.tasks[name].driver, "counters", None)
+            if counters:
+                entry["counters"] = dict(counters)
         return devices
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""The telemetry wire format of the platform contract, in CBOR or JSON (same keys).
+
+One message carries readings of one device::
+
+    {"gateway": ID, "device": NAME,
+     "readings": [{"seq": N, "ts": MS, "point": NAME, "value": V}, ...]}
+
+A reading has ``"unit"`` when its point has one, and ``"error"`` (a text) with ``"value": None``
+when the point could not be read. A float that is NaN or infinite is never sent as a number: it
+goes out as ``"value": None, "error": "not a number"``.
+
+This is the hot path of the publisher: the reading dicts are built in one loop with locals, no
+function call per reading.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import cbor2
+
+from gateway.model import StoredBatch
+
+Encoding = Literal["cbor", "json"]
+
+NOT_A_NUMBER = "not a number"
+
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def readings_of(batches: Sequence[StoredBatch]) -> list[dict[str, Any]]:
+    """The reading dicts of ``batches``, in order: per batch, seq ``seq0`` upwards in point order."""
+    out: list[dict[str, Any]] = []
+    append = out.append
+    float_ = float
+    for batch in batches:
+        seq = batch.seq0
+        ts = batch.ts
+        names = batch.names
+        units = batch.units
+        errors = batch.errors
+        has_unit = any(u is not None for u in units)
+        for i, value in enumerate(batch.values):
+            reading = {"seq": seq + i, "ts": ts, "point": names[i], "value": value}
+            if has_unit and (unit := units[i]) is not None:
+                reading["unit"] = unit
+            if errors and i in errors:
+                reading["value"] = None
+                reading["error"] = errors[i]
+            # x - x is 0.0 for every finite float and NaN for NaN and +-inf (NaN is truthy).
+            elif isinstance(value, float_) and value - value:
+                reading["value"] = None
+                reading["error"] = NOT_A_NUMBER
+            append(reading)
+    return out
+
+
+def encode_telemetry(
+    gateway_id: str, device: str, batches: Sequence[StoredBatch], fmt: Encoding = "cbor"
+) -> bytes:
+    """One telemetry message for ``device`` carrying every reading of ``batches`` (all of that device).
+
+    ``fmt`` is ``"cbor"`` or ``"json"`` (compact, UTF-8). Raises ValueError for another format.
+    """
+    doc = {"gateway": gateway_id, "device": device, "readings": readings_of(batches)}
+    if fmt == "cbor":
+        return cbor2.dumps(doc)
+    if fmt == "json":
+        return _json_dumps(doc).encode()
+    raise ValueError(f"unknown telemetry encoding {fmt!r} (use cbor or json)")
+
+
+def decode_telemetry(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Decode a telemetry (or status) payload, telling JSON from CBOR by its first byte.
+
+    A JSON document starts with ``{`` (after optional white space); the CBOR map this module writes
+    starts with a byte in 0xA0..0xBF, never with ``{`` (0x7B) or white space.
+    """
+    data = bytes(payload)
+    doc = json.loads(data) if data.lstrip()[:1] == b"{" else cbor2.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"telemetry payload is a {type(doc).__name__}, not a map")
+    return doc
+
+
+def messages_of(
+    batches: Sequence[StoredBatch], max_readings: int
+) -> Iterator[tuple[str, list[StoredBatch]]]:
+    """Group batches (ascending row) into messages of one device, each in row order.
+
+    A device's batches are taken in order and cut at ``max_readings`` readings; a single batch
+    larger than that goes alone. Devices come out in order of their first batch.
+    """
+    per_device: dict[str, list[StoredBatch]] = {}
+    for batch in batches:
+        per_device.setdefault(batch.device, []).append(batch)
+    for device, device_batches in per_device.items():
+        group: list[StoredBatch] = []
+        size = 0
+        for batch in device_batches:
+            n = len(batch.values)
+            if group and size + n > max_readings:
+                yield device, group
+                group, size = [], 0
+            group.append(batch)
+            size += n
+        if group:
+            yield device, group

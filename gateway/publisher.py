@@ -1,0 +1,398 @@
+"""The MQTT session: connect, status and will, publish buffered batches with QoS 1, ack, reconnect.
+
+SQLite is the only source of truth: each connection attempt uses a new aiomqtt (paho) client, so
+paho never resends from its own memory queue, and starts again from the buffer's oldest un-acked
+row, so per device nothing is skipped and seq order holds (after a failure a message may arrive
+twice; the platform deduplicates on seq). aiomqtt 2.5 pitfalls handled (checked on a real broker):
+
+* ``await client.publish(qos=1)`` does not notice a dropped link, it waits for its timeout: a task
+  iterating ``client.messages`` in the session's task group raises at once and ends the session.
+* A publish without PUBACK within ``publish_timeout`` means a dead (half-open) link: reconnect.
+* A connect attempt without CONNACK leaves its socket open (see ``_abandon``); and aiomqtt warns
+  per call above ``pending_calls_threshold`` (10) pending calls, raised to fit the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import aiomqtt
+
+from gateway.encoding import encode_telemetry, messages_of
+from gateway.model import StoredBatch
+from gateway.settings import MqttSection, TlsSection
+
+log = logging.getLogger(__name__)
+
+_PAHO_LOG = logging.getLogger(__name__ + ".paho")
+
+OFFLINE: dict[str, Any] = {"schema": 1, "state": "offline"}
+TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying goodbye
+STATUS_MIN_GAP = 1.0  # status_changed() storms collapse into one publish per this many seconds
+LOG_EVERY = 20  # while the broker stays away, one reminder line per this many failed attempts
+STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
+
+
+class LinkDead(Exception):
+    """The connection to the broker is lost or no longer answers."""
+
+
+class _PahoLog(logging.Logger):
+    """One client's paho/aiomqtt log (under gateway.publisher.paho). A socket failure is kept as the
+    reason for the lost link and logged at DEBUG only: our one "broker lost" line reports it."""
+
+    def __init__(self) -> None:
+        super().__init__(_PAHO_LOG.name)
+        self.parent = _PAHO_LOG  # levels and handlers come from the real logger
+        self.socket_error: str | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        # paho: "failed to receive on socket: %s", "timeout on socket: %s"
+        if level >= logging.ERROR and str(msg).endswith("on socket: %s") and args:
+            self.socket_error = str(args[0])
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+class BufferLike(Protocol):
+    """What the publisher needs of gateway.buffer.Buffer."""
+
+    on_commit: Callable[[], None] | None
+
+    async def fetch(self, after_row: int, max_readings: int) -> list[StoredBatch]: ...
+
+    def ack(self, rows: Iterable[int]) -> None: ...
+
+
+class Publisher:
+    """Forwards committed buffer batches to the broker and keeps the retained status topic current.
+
+    ``run()`` owns the connection and reconnects until cancelled or ``stop()``-ped. Counters and
+    ``connected`` are meant for the status document.
+    """
+
+    def __init__(self, mqtt: MqttSection, *, gateway_id: str, buffer: BufferLike,
+                 status: Callable[[], dict[str, Any]], backoff_initial: float = 1.0,
+                 backoff_max: float = 60.0, status_period: float = 60.0) -> None:
+        self.mqtt = mqtt
+        self.gateway_id = gateway_id
+        self.client_id = mqtt.client_id or f"city-gateway-{gateway_id}"
+        self.status_topic = f"{mqtt.topic_prefix}/{gateway_id}/status"
+        # A device's readings go to telemetry_topic.format(device=NAME).
+        self.telemetry_topic = f"{mqtt.topic_prefix}/{gateway_id}/{{device}}/telemetry"
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.status_period = status_period
+        self.messages_sent = self.readings_sent = self.connects = 0
+        self.last_error: str | None = None
+        self._buffer = buffer
+        self._status = status
+        self._connected = False
+        self._wake = asyncio.Event()  # the buffer committed new rows
+        self._status_due = asyncio.Event()  # a status change wants publishing
+        self._stop_requested = asyncio.Event()
+        self._stop_deadline = math.inf
+        self._run_task: asyncio.Task[None] | None = None
+        self._failures = 0  # failed attempts since the last stable connection
+        self._good_since: float | None = None  # loop time the current session's status got a PUBACK
+        self._reported_up = False  # what the log last said about the broker
+        self._logged_reason: str | None = None  # the failure last logged (repeats are only counted)
+
+    @property
+    def connected(self) -> bool:
+        """True while a session with the broker is up (CONNACK received, not yet lost)."""
+        return self._connected
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts (or sessions) that failed since the last stable connection."""
+        return self._failures
+
+    def status_changed(self) -> None:
+        """Ask for the status to be republished soon (at most once per STATUS_MIN_GAP)."""
+        self._status_due.set()
+
+    async def run(self) -> None:
+        """Publish until cancelled or stopped: connect, drain the buffer, reconnect with backoff."""
+        self._run_task = asyncio.current_task()
+        self._buffer.on_commit = self._wake.set
+        try:
+            while not self._stop_requested.is_set():
+                try:
+                    await self._connect_and_serve()
+                    return  # the session ended because stop() asked for it
+                except Exception as exc:  # any failure: log, back off, retry
+                    self._note_failure(exc)
+                await self._backoff()
+        finally:
+            self._connected = False
+            self._run_task = None
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Say goodbye and end ``run()``: retained ``offline`` status (QoS 1), then a clean DISCONNECT.
+
+        Without a connection ``run()`` is just cancelled. Returns in about ``timeout`` + 1 s at most.
+        """
+        self._stop_deadline = asyncio.get_running_loop().time() + timeout
+        self._stop_requested.set()
+        task = self._run_task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        if self._connected:
+            await asyncio.wait({task}, timeout=timeout)  # run() returns after the goodbye
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=TEARDOWN_TIMEOUT + 1.0)
+
+    # -- one connection --------------------------------------------------------------------------
+
+    async def _connect_and_serve(self) -> None:
+        tls = await asyncio.to_thread(tls_context, self.mqtt.tls) if self.mqtt.tls else None
+        paho_log = _PahoLog()
+        client = self._new_client(tls, paho_log)
+        entered = False
+        try:
+            async with client:
+                entered = self._connected = True
+                self.connects += 1
+                try:
+                    await _Session(self, client, paho_log).serve()
+                except BaseException:
+                    client.timeout = TEARDOWN_TIMEOUT  # bounds the DISCONNECT wait on a dead link
+                    raise
+                finally:
+                    self._connected = False
+        except aiomqtt.MqttError as exc:
+            if entered:
+                raise
+            if str(exc) == "Operation timed out":  # aiomqtt's words for "no CONNACK in time"
+                raise LinkDead(f"no CONNACK within {client.timeout:g} s") from exc
+            if paho_log.socket_error:
+                raise LinkDead(f"connection lost before CONNACK: {paho_log.socket_error}") from exc
+            raise
+        finally:
+            _abandon(client)
+
+    def _new_client(self, tls: ssl.SSLContext | None, paho_log: logging.Logger) -> aiomqtt.Client:
+        m = self.mqtt
+        client = aiomqtt.Client(
+            m.host, m.port,
+            identifier=self.client_id,
+            username=m.username,
+            password=m.password.get_secret_value() if m.password is not None else None,
+            will=aiomqtt.Will(self.status_topic, _json(OFFLINE), qos=1, retain=True),
+            clean_session=True,
+            keepalive=max(1, round(m.keepalive)),
+            timeout=m.publish_timeout,  # CONNACK and DISCONNECT waits
+            max_inflight_messages=m.max_inflight,
+            tls_context=tls,
+            socket_options=_socket_options(m.publish_timeout),
+            logger=paho_log,
+        )
+        client.pending_calls_threshold = m.max_inflight + 2
+        return client
+
+    def _connected_ok(self) -> None:
+        """The broker took our first status: log it if the last line said otherwise."""
+        if self._reported_up is not True:
+            after = f" (after {self._failures} failed attempts)" if self._failures else ""
+            log.info("broker connected %s:%d%s", self.mqtt.host, self.mqtt.port, after)
+        self._reported_up = True
+        self._good_since = asyncio.get_running_loop().time()
+
+    def _note_failure(self, exc: BaseException) -> None:
+        """Count a failed attempt and log what changed; a repeat is only counted (reminder lines).
+
+        Only a connection that stayed up STABLE_AFTER seconds resets the count (and the backoff):
+        a broker that accepts and drops us at once is retried ever more slowly, not in a loop.
+        """
+        reason = self.last_error = describe(exc)
+        if self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
+            self._failures, self._logged_reason = 0, None
+        self._good_since = None
+        self._failures += 1
+        if reason == self._logged_reason:
+            if self._failures % LOG_EVERY == 0:
+                log.warning("broker still failing after %d attempts: %s", self._failures, reason)
+            return
+        if not _is_link_error(exc):  # a bug or a buffer failure, not the network: show where
+            log.error("publisher failed: %s; retrying", reason, exc_info=exc)
+        elif self._reported_up:
+            log.warning("broker lost: %s; readings are kept in the buffer", reason)
+        else:
+            log.warning("broker %s:%d unreachable: %s; readings are kept in the buffer",
+                        self.mqtt.host, self.mqtt.port, reason)
+        self._reported_up, self._logged_reason = False, reason
+
+    async def _backoff(self) -> None:
+        """Sleep a capped, exponential, jittered delay; return early when stop() is called."""
+        exponent = min(max(self._failures - 1, 0), 30)
+        ceiling = min(self.backoff_max, self.backoff_initial * 2**exponent)
+        delay = random.uniform(ceiling / 2, ceiling)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+
+    def status_payload(self, state: str) -> bytes:
+        """The status document as JSON: ``status()`` with schema and state filled in."""
+        try:
+            doc = {"schema": 1, "state": state, **self._status()}
+        except Exception:
+            log.exception("building the status document failed")
+            doc = {"schema": 1, "state": state}
+        if state == "offline":
+            doc["state"] = state
+        return _json(doc)
+
+
+class _Session:
+    """One connection: status first, then drain the buffer with a bounded window in flight."""
+
+    def __init__(self, pub: Publisher, client: aiomqtt.Client, paho_log: _PahoLog) -> None:
+        self.pub = pub
+        self.client = client
+        self.paho_log = paho_log
+        self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
+        self.tg = asyncio.TaskGroup()
+        self.sends: set[asyncio.Task[None]] = set()
+        self.fetch_readings = max(4 * pub.mqtt.max_batch_readings, 1000)
+
+    async def serve(self) -> None:
+        """Return after the goodbye when stop() asks; raise when the link fails."""
+        pub = self.pub
+        async with self.tg:
+            watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
+            pub._status_due.clear()
+            await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
+            pub._connected_ok()
+            loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
+                     self.tg.create_task(self._drain(), name="mqtt-drain")]
+            await pub._stop_requested.wait()
+            for task in loops:
+                task.cancel()
+            timeout = max(0.1, pub._stop_deadline - asyncio.get_running_loop().time())
+            await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
+                                timeout=timeout)
+            for task in (*self.sends, watcher):  # PUBACKs come in order: the sends are done
+                task.cancel()
+
+    async def _watch_link(self) -> None:
+        """Fail the session the moment paho reports the link lost (publish() alone would not)."""
+        try:
+            async for _message in self.client.messages:
+                pass  # nothing is subscribed; iterating is what surfaces the disconnect
+        except aiomqtt.MqttError as exc:
+            rc = getattr(exc.__cause__, "rc", None)
+            if self.paho_log.socket_error:
+                raise LinkDead(f"connection lost: {self.paho_log.socket_error}") from exc
+            if getattr(rc, "value", 128) != 128:  # 128 is "Unspecified error": says nothing
+                raise LinkDead(f"connection lost: {rc}") from exc
+            raise LinkDead("connection closed by the broker or the network") from exc
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                       timeout: float | None = None, slot_taken: bool = False) -> None:
+        """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
+        timeout = self.pub.mqtt.publish_timeout if timeout is None else timeout
+        if not slot_taken:
+            await self.window.acquire()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+        except TimeoutError:
+            raise LinkDead(f"no PUBACK within {timeout:g} s") from None
+        finally:
+            self.window.release()
+
+    async def _status_loop(self) -> None:
+        pub = self.pub
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pub._status_due.wait(), pub.status_period)
+            pub._status_due.clear()
+            await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
+            await asyncio.sleep(STATUS_MIN_GAP)
+
+    async def _drain(self) -> None:
+        """Send every committed row after the cursor, in row order; then wait for the next commit."""
+        pub = self.pub
+        cursor = 0  # a new connection resends whatever is still un-acked
+        while True:
+            pub._wake.clear()
+            batches = await pub._buffer.fetch(cursor, self.fetch_readings)
+            if not batches:
+                await pub._wake.wait()
+                continue
+            for device, group in messages_of(batches, pub.mqtt.max_batch_readings):
+                payload = encode_telemetry(pub.gateway_id, device, group, pub.mqtt.encoding)
+                # Take the window slot here, so the tasks start (and call paho) in creation order.
+                await self.window.acquire()
+                task = self.tg.create_task(self._send(device, group, payload))
+                self.sends.add(task)
+                task.add_done_callback(self.sends.discard)
+            cursor = batches[-1].row
+
+    async def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
+        """Publish one telemetry message (window slot already taken); ack its rows on PUBACK."""
+        await self._publish(self.pub.telemetry_topic.format(device=device), payload, slot_taken=True)
+        self.pub._buffer.ack([b.row for b in group])
+        self.pub.messages_sent += 1
+        self.pub.readings_sent += sum(len(b.values) for b in group)
+
+
+def tls_context(tls: TlsSection) -> ssl.SSLContext:
+    """A client TLS context that always verifies the server certificate and host name."""
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failed session: a LinkDead if there is one, else the first leaf."""
+    if isinstance(exc, aiomqtt.MqttError) and isinstance(exc.__context__, BaseExceptionGroup | LinkDead):
+        exc = exc.__context__  # the goodbye failed too; the first failure is the reason
+    leaves = _leaves(exc)
+    first = next((e for e in leaves if isinstance(e, LinkDead)), leaves[0])
+    return str(first) or type(first).__name__
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    return all(isinstance(e, aiomqtt.MqttError | OSError | LinkDead | TimeoutError) for e in _leaves(exc))
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Leave no connection behind (aiomqtt 2.5 internals): without a CONNACK in time aiomqtt leaves
+    the socket open, a zombie a waking broker would accept under our client id; a DISCONNECT after
+    its CONNECT ends it cleanly (no will). Marks an unawaited disconnect error as seen."""
+    paho = client._client
+    if paho.socket() is not None:
+        paho.disconnect()
+    client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def _socket_options(timeout: float) -> list[tuple[int, int, int]]:
+    # Let the kernel drop the connection when sent data stays unacknowledged this long, so a
+    # half-open link also ends a DISCONNECT or keepalive that would otherwise wait on it.
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        return [(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))]
+    return []
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), default=str).encode()
