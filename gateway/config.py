@@ -246,6 +246,9 @@ class _Checker:
             table, start, count = (getattr(point, a, None) for a in ("table", "address", "count"))
             if not (isinstance(table, str) and isinstance(start, int) and isinstance(count, int)):
                 return
+            bit = getattr(point, "bit", None)
+            if bit is not None:  # bits of one register may be shared with other views of it
+                table = f"{table} bit {bit}"
             spans.append((table, start, start + max(count, 1) - 1, k, point.name))
         spans.sort()
         widest: tuple[str, int, int, int, str] | None = None  # the span reaching furthest so far

@@ -230,6 +230,8 @@ class _Builder:
         key = self._loader.construct_object(key_node) if isinstance(key_node, ScalarNode) else None
         if isinstance(key, str):
             return key
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(key)  # value_map: {0: closed}; models convert the text back where they want numbers
         if not isinstance(key_node, ScalarNode):
             message = "a list or mapping cannot be a key"
         elif isinstance(key, bool):

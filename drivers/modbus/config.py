@@ -1,63 +1,174 @@
-"""Config model of the modbus driver."""
+"""Config model of the modbus driver: points (register layouts) and the device entry."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
-from gateway.fields import Duration, Name
+from drivers.modbus.connection import Connection, RtuOverTcpConnection, SerialConnection, TcpConnection
+from gateway.fields import Name
+
+__all__ = [
+    "ByteOrder",
+    "Connection",
+    "ModbusConfig",
+    "Point",
+    "PointType",
+    "RtuOverTcpConnection",
+    "SerialConnection",
+    "Table",
+    "TcpConnection",
+]
 
 Table = Literal["holding", "input", "coil", "discrete"]
-PointType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"]
+# New types are listed after the original nine so messages listing the choices keep their start.
+PointType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool",
+    "int8", "uint8", "float16", "string",
+]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+MapValue = str | bool | int | float
 
-# Registers each type occupies.
+
+def _int_key(value: Any) -> Any:
+    # The config loader hands mapping keys over as text ("0", "0x10"); profiles as numbers.
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            return value  # let the model report it
+    return value
+
+
+MapKey = Annotated[int, BeforeValidator(_int_key)]
+
+# Registers each type occupies (a string: its ``count``).
 REGISTER_COUNT: dict[str, int] = {
     "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4,
-    "float32": 2, "float64": 4, "bool": 1,
+    "float32": 2, "float64": 4, "bool": 1, "int8": 1, "uint8": 1, "float16": 1,
 }
+# Width in bits of the integer types (for invalid_values).
+INT_BITS: dict[str, int] = {
+    "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64,
+}
+BIT_TABLES = ("coil", "discrete")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TcpConnection(_Strict):
-    transport: Literal["tcp"] = "tcp"
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255)
-    timeout: Duration = 1.0
-
-
 class Point(_Strict):
+    """One value of a device: where it sits and how its registers become a value."""
+
     name: Name
     table: Table = "holding"
     address: int = Field(ge=0, le=65535)
     type: PointType = "uint16"
     byte_order: ByteOrder = "ABCD"
+    byte: Literal["high", "low"] | None = None  # int8/uint8: which byte of the register (default high)
+    bit: int | None = Field(default=None, ge=0, le=15)  # bool: one bit of a register, 0 = least significant
+    count: int | None = Field(default=None, ge=1, le=125)  # registers (or bits) the point occupies
+    encoding: Literal["ascii", "latin-1"] | None = None  # string only; default ascii
     scale: float = 1.0
     offset: float = 0.0
+    invalid_values: tuple[int | float, ...] = ()  # raw "no data" sentinels
+    value_map: dict[MapKey, MapValue] | None = None  # raw value -> reported value
     unit: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_count(cls, data: Any) -> Any:
+        # Every point carries its span in ``count`` (a string gives it; other types have one).
+        if isinstance(data, dict) and data.get("count") is None and data.get("type") != "string":
+            bits = data.get("table") in BIT_TABLES
+            data = {**data, "count": 1 if bits else REGISTER_COUNT.get(str(data.get("type", "uint16")), 1)}
+        return data
 
     @model_validator(mode="after")
     def _check_layout(self) -> Point:
-        bit_table = self.table in ("coil", "discrete")
-        if bit_table and self.type != "bool":
-            raise ValueError(f"a point in table {self.table!r} must have type bool, not {self.type!r}")
-        if self.address + REGISTER_COUNT[self.type] - 1 > 65535:
-            raise ValueError(f"address {self.address} + {REGISTER_COUNT[self.type]} registers runs past 65535")
+        for check in (_check_table, _check_shape, _check_span, _check_conversion):
+            problem = check(self)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property
-    def count(self) -> int:
+    def span(self) -> int:
         """Registers (or bits) the point occupies."""
-        return 1 if self.table in ("coil", "discrete") else REGISTER_COUNT[self.type]
+        return self.count or 1
+
+
+def _check_table(p: Point) -> str | None:
+    if p.table in BIT_TABLES:
+        if p.type != "bool":
+            return f"a point in table {p.table!r} must have type bool, not {p.type!r}"
+        if p.bit is not None:
+            return f"bit selects a bit of a holding or input register, not of a {p.table}"
+    return None
+
+
+def _check_shape(p: Point) -> str | None:
+    if p.bit is not None and p.type != "bool":
+        return f"bit needs type bool, not {p.type!r}"
+    if p.byte is not None and p.type not in ("int8", "uint8"):
+        return f"byte is for int8 and uint8 points, not {p.type!r}"
+    if p.encoding is not None and p.type != "string":
+        return f"encoding is for string points, not {p.type!r}"
+    if p.type == "string":
+        return None if p.count is not None else "a string point needs count (its length in registers)"
+    natural = 1 if p.table in BIT_TABLES else REGISTER_COUNT[p.type]
+    if p.count != natural:
+        return f"count is for string points; a {p.type} takes {natural} register{'s' if natural > 1 else ''}"
+    return None
+
+
+def _check_span(p: Point) -> str | None:
+    if p.address + p.span - 1 > 65535:
+        return f"address {p.address} + {p.span} registers runs past 65535"
+    return None
+
+
+def _check_conversion(p: Point) -> str | None:
+    scaled = p.scale != 1 or p.offset != 0
+    if scaled and p.type in ("bool", "string"):
+        return f"scale and offset do not apply to {p.type} points"
+    if p.invalid_values:
+        problem = _check_sentinels(p)
+        if problem:
+            return problem
+    if p.value_map is not None:
+        if p.type not in INT_BITS and p.type != "bool":
+            return f"value_map is for integer and bool points, not {p.type!r}"
+        if scaled:
+            return "value_map replaces scale and offset; give one or the other"
+    return None
+
+
+def _check_sentinels(p: Point) -> str | None:
+    if p.type in ("bool", "string"):
+        return f"invalid_values do not apply to {p.type} points"
+    bits = INT_BITS.get(p.type)
+    if bits is None:
+        return None  # floats: any number
+    for value in p.invalid_values:
+        if not isinstance(value, int) or not -(2 ** (bits - 1)) <= value < 2**bits:
+            return f"invalid value {value!r} does not fit a {p.type}"
+    return None
 
 
 class ModbusConfig(_Strict):
-    connection: TcpConnection
+    """A modbus device entry (the keys other than name, driver, interval, enabled).
+
+    ``profile`` names a register map in ``config/profiles/<name>.yaml`` (or
+    ``/etc/gateway/profiles``): its points, ``byte_order`` and request limits are taken as if
+    written here, and the entry's own points add to them or, by name, override their keys.
+    """
+
+    profile: Name | None = None
+    connection: Connection
+    byte_order: ByteOrder = "ABCD"  # the default of every point that sets none
     points: list[Point] = Field(min_length=1)
     # Request planning: points of one table at most max_gap unused addresses apart are read in one
     # request; max_registers / max_bits cap one request (the protocol allows 125 and 2000; some
@@ -65,6 +176,23 @@ class ModbusConfig(_Strict):
     max_gap: int = Field(default=16, ge=0, le=65535)
     max_registers: int = Field(default=125, ge=4, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any, info: ValidationInfo) -> Any:
+        """Merge the profile, default the transport, hand the device byte order to its points."""
+        if not isinstance(data, dict):
+            return data
+        from drivers.modbus.profiles import apply_profile  # here: profiles imports this module
+
+        data = dict(data)  # never change the caller's entry: the loader reports against it
+        if data.get("profile") is not None:
+            context = info.context if isinstance(info.context, dict) else {}
+            data = apply_profile(data, context.get("profile_dirs"))
+        connection = data.get("connection")
+        if isinstance(connection, dict) and "transport" not in connection:
+            data["connection"] = {"transport": "tcp", **connection}
+        return inherit_byte_order(data)
 
     @model_validator(mode="after")
     def _unique_points(self) -> ModbusConfig:
@@ -74,3 +202,15 @@ class ModbusConfig(_Strict):
                 raise ValueError(f"duplicate point name {point.name!r}")
             seen.add(point.name)
         return self
+
+
+def inherit_byte_order(data: dict[str, Any]) -> dict[str, Any]:
+    """Give every point mapping without a ``byte_order`` the entry's (when that one is valid)."""
+    order = data.get("byte_order", "ABCD")
+    points = data.get("points")
+    if order not in get_args(ByteOrder) or not isinstance(points, list):
+        return data
+    data["points"] = [
+        {**p, "byte_order": order} if isinstance(p, dict) and "byte_order" not in p else p for p in points
+    ]
+    return data

@@ -23,6 +23,11 @@ a 16-bit value ``A B`` as ``AB`` (ABCD, CDAB) or ``BA`` (BADC, DCBA).
 Decoding uses that symmetry: a block's registers are packed once as big-endian bytes and, if some
 point needs it, once more with the bytes of every register swapped. Each of the four orders is
 then a plain big- or little-endian ``struct`` unpack of one of those two buffers.
+
+The other layouts fit the same unpack: ``int8``/``uint8`` are one byte of a register (``bx`` or
+``xb`` in the big-endian buffer), ``float16`` is ``e``, a ``string`` of N registers is ``2Ns``
+(from the swapped buffer for BADC/DCBA). What a plain scale cannot express (a ``bit``, text,
+``invalid_values``, ``value_map``) is a per-point function from ``convert.py``.
 """
 
 from __future__ import annotations
@@ -33,15 +38,20 @@ from dataclasses import dataclass
 from math import isfinite
 from typing import Any
 
+from drivers.modbus.config import BIT_TABLES as _BIT_TABLES
 from drivers.modbus.config import Point
+from drivers.modbus.convert import NOT_A_NUMBER, Convert, PointValueError, make_converter
 
 MAX_REGISTERS = 125  # per read request, by the protocol
 MAX_BITS = 2000
-BIT_TABLES = frozenset({"coil", "discrete"})
+BIT_TABLES = frozenset(_BIT_TABLES)
 TABLE_ORDER = ("holding", "input", "coil", "discrete")
 
 ILLEGAL_ADDRESS = 2
-NOT_A_NUMBER = "not a number"
+__all__ = [
+    "ILLEGAL_ADDRESS", "NOT_A_NUMBER", "Block", "Lane", "decode_bits", "decode_registers", "exception_text",
+    "fail_block", "make_block", "plan_reads", "split_block",
+]
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -59,15 +69,15 @@ EXCEPTION_NAMES = {
 # struct code of each type (a bool in a register is read as uint16 and compared with 0)
 _CODE = {
     "int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
-    "float32": "f", "float64": "d", "bool": "H",
+    "float32": "f", "float64": "d", "bool": "H", "float16": "e", "int8": "b", "uint8": "B",
 }
 # byte_order -> (unpack the byte-swapped buffer, unpack little-endian)
 _ORDER = {"ABCD": (False, False), "CDAB": (True, True), "BADC": (True, False), "DCBA": (False, True)}
 
-# conversion after unpacking
-PLAIN, SCALED, FLOAT, FLOAT_SCALED, BOOL = range(5)
+# conversion after unpacking (CUSTOM: the point's own function, see convert.py)
+PLAIN, SCALED, FLOAT, FLOAT_SCALED, BOOL, CUSTOM = range(6)
 
-Target = tuple[int, int, float, float]  # point index, conversion, scale, offset
+Target = tuple[int, int, float, float, Convert | None]  # point index, conversion, scale, offset, custom
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +94,8 @@ class Block:
     """One read request: ``count`` registers (or bits) of ``table`` from ``start``.
 
     ``indices`` are the points it serves, by position in the device's point list. Register blocks
-    carry their ``lanes``; bit blocks carry ``bits``, (point index, offset from start) pairs.
+    carry their ``lanes``; bit blocks carry ``bits``: (point index, offset from start, custom
+    conversion or None).
     """
 
     table: str
@@ -92,7 +103,7 @@ class Block:
     count: int
     indices: tuple[int, ...]
     lanes: tuple[Lane, ...] = ()
-    bits: tuple[tuple[int, int], ...] = ()
+    bits: tuple[tuple[int, int, Convert | None], ...] = ()
     pack_be: Callable[..., bytes] | None = None
     pack_swapped: Callable[..., bytes] | None = None
 
@@ -125,7 +136,7 @@ def plan_reads(
     for table in TABLE_ORDER:
         indices = sorted(
             (i for i, p in enumerate(points) if p.table == table),
-            key=lambda i: (points[i].address, points[i].count),
+            key=lambda i: (points[i].address, points[i].span),
         )
         if not indices:
             continue
@@ -133,7 +144,7 @@ def plan_reads(
         group: list[int] = []
         start = end = 0
         for i in indices:
-            address, stop = points[i].address, points[i].address + points[i].count
+            address, stop = points[i].address, points[i].address + points[i].span
             if group and address - end <= max_gap and max(end, stop) - start <= limit:
                 group.append(i)
                 end = max(end, stop)
@@ -153,9 +164,9 @@ def split_block(points: Sequence[Point], block: Block) -> list[Block]:
 def make_block(points: Sequence[Point], table: str, indices: Sequence[int]) -> Block:
     """Build the block reading ``indices`` (points of ``table``), with its decoding precomputed."""
     start = min(points[i].address for i in indices)
-    count = max(points[i].address + points[i].count for i in indices) - start
+    count = max(points[i].address + points[i].span for i in indices) - start
     if table in BIT_TABLES:
-        bits = tuple((i, points[i].address - start) for i in indices)
+        bits = tuple((i, points[i].address - start, make_converter(points[i])) for i in indices)
         return Block(table, start, count, tuple(indices), bits=bits)
     lanes = _build_lanes(points, indices, start)
     return Block(
@@ -175,7 +186,7 @@ def _build_lanes(points: Sequence[Point], indices: Sequence[int], start: int) ->
     building: list[list[Any]] = []
     for i in sorted(indices, key=lambda i: points[i].address):
         point = points[i]
-        swapped, little = _ORDER[point.byte_order]
+        swapped, little, code = _layout(point)
         lane = next(
             (b for b in building if b[0] == swapped and b[1] == little and b[2] <= point.address),
             None,
@@ -185,22 +196,37 @@ def _build_lanes(points: Sequence[Point], indices: Sequence[int], start: int) ->
             building.append(lane)
         if point.address > lane[2]:
             lane[3].append(f"{2 * (point.address - lane[2])}x")
-        lane[3].append(_CODE[point.type])
-        lane[4].append((i, _conversion(point), point.scale, point.offset))
-        lane[2] = point.address + point.count
+        lane[3].append(code)
+        lane[4].append((i, *_conversion(point)))
+        lane[2] = point.address + point.span
     return tuple(
         Lane(swapped, struct.Struct(("<" if little else ">") + "".join(parts)).unpack_from, tuple(targets))
         for swapped, little, _, parts, targets in building
     )
 
 
-def _conversion(point: Point) -> int:
+def _layout(point: Point) -> tuple[bool, bool, str]:
+    """How a point unpacks: (from the byte-swapped buffer, little-endian, struct format)."""
+    if point.type in ("int8", "uint8"):
+        code = _CODE[point.type]
+        return False, False, f"x{code}" if point.byte == "low" else f"{code}x"
+    if point.type == "string":
+        # Only the byte swap applies to text: BADC/DCBA devices swap the two characters of a register.
+        return point.byte_order in ("BADC", "DCBA"), False, f"{2 * point.span}s"
+    swapped, little = _ORDER[point.byte_order]
+    return swapped, little, _CODE[point.type]
+
+
+def _conversion(point: Point) -> tuple[int, float, float, Convert | None]:
+    custom = make_converter(point)
+    if custom is not None:
+        return CUSTOM, point.scale, point.offset, custom
     if point.type == "bool":
-        return BOOL
+        return BOOL, 1.0, 0.0, None
     identity = point.scale == 1 and point.offset == 0
     if point.type.startswith("float"):
-        return FLOAT if identity else FLOAT_SCALED
-    return PLAIN if identity else SCALED
+        return (FLOAT if identity else FLOAT_SCALED), point.scale, point.offset, None
+    return (PLAIN if identity else SCALED), point.scale, point.offset, None
 
 
 def decode_registers(
@@ -208,7 +234,8 @@ def decode_registers(
 ) -> None:
     """Decode a register block's response into ``values`` (by point index); problems go to ``errors``.
 
-    Ints stay ints unless scaled; a NaN or infinite float becomes None with "not a number".
+    Ints stay ints unless scaled; a NaN or infinite float becomes None with "not a number";
+    a point's own conversion (bit, string, sentinels, value map) may fail it with its message.
     """
     if len(registers) != block.count:
         fail_block(block, f"bad response ({len(registers)} registers, expected {block.count})", errors)
@@ -217,13 +244,15 @@ def decode_registers(
     swapped = block.pack_swapped(*registers) if block.pack_swapped else b""
     for lane in block.lanes:
         raw = lane.unpack(swapped if lane.swapped else be)
-        for (index, conversion, scale, offset), value in zip(lane.targets, raw, strict=True):
+        for (index, conversion, scale, offset, custom), value in zip(lane.targets, raw, strict=True):
             if conversion == PLAIN:
                 values[index] = value
             elif conversion == SCALED:
                 values[index] = value * scale + offset
             elif conversion == BOOL:
                 values[index] = value != 0
+            elif conversion == CUSTOM:
+                _convert(custom, value, index, values, errors)  # type: ignore[arg-type]
             elif not isfinite(value):
                 errors[index] = NOT_A_NUMBER
             elif conversion == FLOAT:
@@ -237,8 +266,18 @@ def decode_bits(block: Block, bits: Sequence[bool], values: list[Any], errors: d
     if len(bits) < block.count:
         fail_block(block, f"bad response ({len(bits)} bits, expected {block.count})", errors)
         return
-    for index, offset in block.bits:
-        values[index] = bool(bits[offset])
+    for index, offset, custom in block.bits:
+        if custom is None:
+            values[index] = bool(bits[offset])
+        else:
+            _convert(custom, bool(bits[offset]), index, values, errors)
+
+
+def _convert(custom: Convert, raw: Any, index: int, values: list[Any], errors: dict[int, str]) -> None:
+    try:
+        values[index] = custom(raw)
+    except PointValueError as exc:
+        errors[index] = str(exc)
 
 
 def fail_block(block: Block, reason: str, errors: dict[int, str]) -> None:

@@ -1,4 +1,4 @@
-"""The modbus driver: Modbus TCP through pymodbus, coalesced reads, block decoding with struct.
+"""The modbus driver: TCP, RTU, ASCII and RTU-over-TCP through pymodbus; coalesced block reads.
 
 pymodbus is imported in ``open`` (or the first ``poll``), never at module import, so a config
 without Modbus devices never loads it.
@@ -6,13 +6,15 @@ without Modbus devices never loads it.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from drivers.modbus.bus import Link, LinkError
 from drivers.modbus.config import ModbusConfig
+from drivers.modbus.connection import check_shared_ports
 from drivers.modbus.decode import (
     ILLEGAL_ADDRESS,
     Block,
@@ -26,39 +28,40 @@ from drivers.modbus.decode import (
 from gateway.driver import DeviceInfo, DriverError
 from gateway.model import PointSet, PollResult
 
-_READERS = {
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
-}
 # Exception codes by which a TCP gateway says the unit behind it did not answer.
 _GATEWAY_NO_ANSWER = frozenset({10, 11})
+# Which counter a failed request adds to.
+_COUNTER_OF = {"timeout": "timeouts", "bad_frame": "crc_errors", "lost": "disconnects",
+               "connect": "disconnects", "gone": "disconnects"}
 
 
 class ModbusDriver:
-    """Reads holding/input registers, coils and discrete inputs of one Modbus TCP unit.
+    """Reads holding/input registers, coils and discrete inputs of one Modbus unit.
 
     Points are read in as few requests as the plan allows (see ``decode.plan_reads``). An
     exception response fails only the points of its request; an "illegal data address" on a
     coalesced request splits it into one request per point, for this and every later poll.
-    No answer at all (timeout, connection refused or lost, gateway exception 10/11) raises
-    DriverError; the next poll reconnects.
+    No valid answer at all (timeout, bad CRC, connection refused or lost, serial port gone,
+    gateway exception 10/11) raises DriverError; the next poll opens the connection again.
 
-    ``counters`` counts, since construction: ``requests`` sent, ``timeouts``, ``exceptions``
-    (exception responses), ``disconnects`` (connection refused or lost).
+    Devices on one serial port (or one RTU-over-TCP server) share one connection from the
+    daemon's SharedPool, and ``bus`` names it so the scheduler polls them one at a time.
+
+    ``counters`` (since construction): ``polls`` (attempts), ``requests`` sent, ``timeouts``,
+    ``crc_errors`` (answers failing their CRC/LRC), ``exceptions`` (exception responses),
+    ``disconnects`` (connection refused, lost or port gone), ``last_poll_seconds``.
     """
 
     Config: ClassVar[type[BaseModel]] = ModbusConfig
-    bus: str | None = None  # TCP: every device has its own connection
 
     def __init__(self, config: ModbusConfig, device: DeviceInfo) -> None:
         self._config = config
         self._device = device
         conn = config.connection
+        self.bus: str | None = conn.bus_key
         self._unit = conn.unit_id
         self._timeout = conn.timeout
-        self._where = f"{conn.host}:{conn.port}"
+        self._where = conn.where
         self._points = tuple(config.points)
         self.points = PointSet(
             names=tuple(p.name for p in config.points), units=tuple(p.unit for p in config.points)
@@ -69,11 +72,20 @@ class ModbusDriver:
             max_registers=config.max_registers,
             max_bits=config.max_bits,
         )
-        self.counters: dict[str, int] = {"requests": 0, "timeouts": 0, "exceptions": 0, "disconnects": 0}
-        self._client: Any = None
-        self._readers: dict[str, Any] = {}
-        self._timeout_errors: tuple[type[BaseException], ...] = ()
-        self._link_errors: tuple[type[BaseException], ...] = ()
+        self.counters: dict[str, int | float] = {
+            "polls": 0, "requests": 0, "timeouts": 0, "crc_errors": 0, "exceptions": 0, "disconnects": 0,
+            "last_poll_seconds": 0.0,
+        }
+        self._link: Link | None = None
+
+    @classmethod
+    def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[tuple[str, str]]:
+        """Cross-device checks: devices sharing a serial port or server must agree on its settings.
+
+        ``devices``: (name, config) of every enabled modbus device, in config order. Returns
+        (device name, message) for each device in conflict with an earlier one.
+        """
+        return check_shared_ports(devices)
 
     @property
     def blocks(self) -> tuple[Block, ...]:
@@ -81,26 +93,47 @@ class ModbusDriver:
         return tuple(self._blocks)
 
     async def open(self) -> None:
-        """Connect; raises DriverError when the device cannot be reached."""
-        await self._connect()
+        """Open the connection (or join the shared one); raises DriverError when it cannot."""
+        await self._counted(self._acquire().open(self._timeout))
 
     async def poll(self) -> PollResult:
-        """Read every point once; raises DriverError when the unit did not answer."""
-        if self._client is None or not self._client.connected:
-            await self._connect()
-        values: list[Any] = [None] * len(self._points)
-        errors: dict[int, str] = {}
-        for block in tuple(self._blocks):
-            await self._read_block(block, values, errors)
-        return PollResult(values, errors or None)
+        """Read every point once; raises DriverError when the unit gave no valid answer."""
+        started = time.monotonic()
+        self.counters["polls"] += 1
+        try:
+            link = self._acquire()
+            await self._counted(link.open(self._timeout))
+            values: list[Any] = [None] * len(self._points)
+            errors: dict[int, str] = {}
+            for block in tuple(self._blocks):
+                await self._read_block(link, block, values, errors)
+            return PollResult(values, errors or None)
+        finally:
+            self.counters["last_poll_seconds"] = round(time.monotonic() - started, 6)
 
     async def close(self) -> None:
-        """Close the connection (a later ``poll`` or ``open`` connects again)."""
-        if self._client is not None:
-            self._client.close()
+        """Leave the connection: closed when this device was its last user."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        if self.bus is None:
+            link.close()
+            return
+        last = self._device.shared.release(self.bus)
+        if last is not None:
+            last.close()
 
-    async def _read_block(self, block: Block, values: list[Any], errors: dict[int, str]) -> None:
-        response = await self._request(block)
+    def _acquire(self) -> Link:
+        if self._link is None:
+            conn = self._config.connection
+            if self.bus is None:
+                self._link = Link(conn, name=self._device.name)
+            else:
+                self._link = self._device.shared.acquire(self.bus, lambda: Link(conn, name=self.bus or ""))
+        return self._link
+
+    async def _read_block(self, link: Link, block: Block, values: list[Any], errors: dict[int, str]) -> None:
+        response = await self._request(link, block)
         if not response.isError():
             if block.is_bits:
                 decode_bits(block, response.bits, values, errors)
@@ -115,66 +148,27 @@ class ModbusDriver:
             where = self._blocks.index(block)
             self._blocks[where : where + 1] = parts
             for part in parts:
-                await self._read_block(part, values, errors)
+                await self._read_block(link, part, values, errors)
             return
         fail_block(block, exception_text(code), errors)
 
-    async def _request(self, block: Block) -> Any:
+    async def _request(self, link: Link, block: Block) -> Any:
         self.counters["requests"] += 1
-        read = self._readers[block.table]
-        try:
-            response = await read(block.start, count=block.count, device_id=self._unit)
-        except self._timeout_errors as exc:
-            self.counters["timeouts"] += 1
-            # A fresh connection next time: a rebooted device has forgotten this one.
-            self._client.close()
-            raise DriverError(
-                f"no response from unit {self._unit} at {self._where} (timeout {self._timeout}s)"
-            ) from exc
-        except self._link_errors as exc:
-            self.counters["disconnects"] += 1
-            self._client.close()
-            raise DriverError(
-                f"no response from unit {self._unit} at {self._where} (connection lost)"
-            ) from exc
+        response = await self._counted(
+            link.read(block.table, block.start, block.count, unit=self._unit, timeout=self._timeout)
+        )
         if response.isError():
             self.counters["exceptions"] += 1
             if response.exception_code in _GATEWAY_NO_ANSWER:
+                via = f"behind gateway {self._where.removeprefix('at ')}" if self.bus is None else self._where
                 raise DriverError(
-                    f"no response from unit {self._unit} behind gateway {self._where} "
-                    f"({exception_text(response.exception_code)})"
+                    f"no response from unit {self._unit} {via} ({exception_text(response.exception_code)})"
                 )
         return response
 
-    async def _connect(self) -> None:
-        if self._client is None:
-            self._client = self._make_client()
-        started = time.monotonic()
-        if await self._client.connect():
-            return
-        self.counters["disconnects"] += 1
-        # pymodbus reports only False; the time taken tells a refusal from silence.
-        if time.monotonic() - started >= 0.9 * self._timeout:
-            raise DriverError(f"no connection to {self._where} within {self._timeout}s")
-        raise DriverError(f"cannot connect to {self._where} (refused or unreachable)")
-
-    def _make_client(self) -> Any:
-        from pymodbus.client import AsyncModbusTcpClient
-        from pymodbus.exceptions import ConnectionException, ModbusIOException
-
-        self._timeout_errors = (ModbusIOException, asyncio.TimeoutError)
-        self._link_errors = (ConnectionException, OSError)
-        conn = self._config.connection
-        # retries=0: TCP already retransmits, and each Modbus retry costs a full timeout on a dead
-        # unit; the scheduler decides when to try again. reconnect_delay=0: no background
-        # reconnect task (its own backoff grows to minutes and would race ours); poll reconnects.
-        client = AsyncModbusTcpClient(
-            conn.host,
-            port=conn.port,
-            name=self._device.name,
-            timeout=conn.timeout,
-            retries=0,
-            reconnect_delay=0,
-        )
-        self._readers = {table: getattr(client, method) for table, method in _READERS.items()}
-        return client
+    async def _counted(self, pending: Any) -> Any:
+        try:
+            return await pending
+        except LinkError as exc:
+            self.counters[_COUNTER_OF.get(exc.kind, "disconnects")] += 1
+            raise

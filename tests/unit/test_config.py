@@ -253,8 +253,8 @@ def test_problems_carry_file_line_path_message_and_are_sorted(tmp_path: Path, mo
             "gateway.yaml",
             20,
             "devices[0].points[0].type",
-            "'floaty' is not one of int16, uint16, int32, uint32, int64, uint64, float32, float64, bool"
-            " (did you mean 'float32' or 'float64'?)",
+            "'floaty' is not one of int16, uint16, int32, uint32, int64, uint64, float32, float64, bool,"
+            " int8, uint8, float16, string (did you mean 'float16' or 'float32' or 'float64'?)",
         ),
     ]
     assert str(err).splitlines()[1].startswith("gateway.yaml:20: devices[0].points[0].type: 'floaty' is not one of")
