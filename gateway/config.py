@@ -14,6 +14,7 @@ point names, overlapping registers).
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     (``path`` as given), line, field path and a short reason; nothing else escapes.
     """
     doc = read_document(path)
+    _include(doc, Path(path))
     substitute_env(doc, os.environ if environ is None else environ)
     checker = _Checker(doc)
     root = checker.validate(RootSection, doc.data, ())
@@ -67,6 +69,39 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         devices=devices,
         hash=config_hash(root, devices),
     )
+
+
+def _include(doc: Document, path: Path) -> None:
+    """Merge the ``devices`` of every file named by ``include:`` (globs, relative to ``path``'s folder).
+
+    An included file may hold only ``devices:``. A pattern without wildcards must name an existing
+    file; a wildcard pattern may match nothing (an empty conf.d is fine). A file that fails to parse
+    becomes a problem of its own, with its own name and line.
+    """
+    patterns = doc.data.get("include")
+    if not patterns:
+        return
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        return  # RootSection reports the wrong type
+    base = path.parent
+    for i, pattern in enumerate(patterns):
+        pattern_path = pattern if os.path.isabs(pattern) else str(base / pattern)
+        matches = sorted(glob.glob(pattern_path))
+        if not matches and not glob.has_magic(pattern):
+            doc.problem(("include", i), f"{pattern!r}: no such file")
+        for match in matches:
+            shown = match if path.is_absolute() or os.path.isabs(pattern) else os.path.relpath(match)
+            try:
+                other = read_document(shown)
+            except ConfigFileError as exc:
+                doc.problems.extend(exc.problems)
+                continue
+            extra = sorted(set(other.data) - {"devices"})
+            if extra:
+                other_loc: Loc = (extra[0],)
+                doc.problems.append(Problem(other.file, other.lines.line(other_loc), extra[0],
+                                            "an included file may only hold devices:"))
+            doc.merge_devices(other)
 
 
 def config_hash(root: RootSection, devices: tuple[DeviceSpec, ...]) -> str:
@@ -215,17 +250,19 @@ class _Checker:
 
     def _duplicates(self, items: list[tuple[Loc, Any]], what: str) -> list[str]:
         """Report each repeated ``name`` among mapping ``items``; return the repeated names."""
-        first: dict[str, int | None] = {}
+        first: dict[str, tuple[str, int | None]] = {}
         repeated = []
         for loc, item in items:
             name = item.get("name") if isinstance(item, dict) else None
             if not isinstance(name, str) or (*loc, "name") in self._doc.unresolved:
                 continue
             if name in first:
-                self._doc.problem((*loc, "name"), f"duplicate {what} name {name!r} (first at line {first[name]})")
+                file, line = first[name]
+                at = f"line {line}" if file == self._doc.where(loc)[0] else f"{file}:{line}"
+                self._doc.problem((*loc, "name"), f"duplicate {what} name {name!r} (first at {at})")
                 repeated.append(name)
             else:
-                first[name] = self._line((*loc, "name"))
+                first[name] = (self._doc.where(loc)[0], self._line((*loc, "name")))
         return repeated
 
     def _duplicate_points(self, base: Loc, points: list[Any]) -> None:

@@ -78,6 +78,9 @@ class RootSection(_Strict):
     mqtt: MqttSection
     buffer: BufferSection = BufferSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
+    # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
+    # to this file's folder. Checked and merged by the loader.
+    include: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,10 +89,42 @@ class Document:
     lines: SourceMap
     problems: list[Problem] = field(default_factory=list)
     unresolved: set[Loc] = field(default_factory=set)  # values with an unset ${VAR}: already reported
+    # Device entries merged from included files: global index -> (that file, its index there).
+    origins: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def problem(self, loc: Loc, message: str, *, line: int | None = None) -> None:
-        """Record a problem at ``loc`` (at its line unless ``line`` is given)."""
-        self.problems.append(Problem(self.file, line or self.lines.line(loc), format_loc(loc), message))
+        """Record a problem at ``loc`` (at its line unless ``line`` is given).
+
+        A problem inside a device entry that came from an included file names that file, and the
+        entry's index in it, as the technician sees them there.
+        """
+        file, shown = self.where(loc)
+        self.problems.append(Problem(file, line or self.lines.line(loc), format_loc(shown), message))
+
+    def where(self, loc: Loc) -> tuple[str, Loc]:
+        """The file ``loc`` was written in, and the path as it reads in that file."""
+        if len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int) and loc[1] in self.origins:
+            file, index = self.origins[loc[1]]
+            return file, ("devices", index, *loc[2:])
+        return self.file, loc
+
+    def merge_devices(self, other: Document) -> None:
+        """Append the ``devices`` entries of an included document, with their lines and origin."""
+        entries = other.data.get("devices") if isinstance(other.data, dict) else None
+        if not isinstance(entries, list):
+            return
+        mine = self.data.setdefault("devices", [])
+        if not isinstance(mine, list):
+            return
+        offset = len(mine)
+        mine.extend(entries)
+        for index in range(len(entries)):
+            self.origins[offset + index] = (other.file, index)
+        for source, target in ((other.lines.key_lines, self.lines.key_lines),
+                               (other.lines.value_lines, self.lines.value_lines)):
+            for loc, line in source.items():
+                if len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int):
+                    target[("devices", offset + loc[1], *loc[2:])] = line
 
 
 def read_document(path: str | Path) -> Document:
