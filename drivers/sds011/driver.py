@@ -1,0 +1,69 @@
+"""The sds011 driver: Nova Fitness SDS011 particulate sensors on a serial port.
+
+Active mode (the factory default) streams one frame a second and each poll reports the
+aggregate since the previous one; query mode asks for one frame per poll. See README.md.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, field_validator, model_validator
+
+from drivers.sds011.protocol import DEFAULT_POINTS, FIELDS, QUERY, SET_ACTIVE, SET_QUERY, UNITS, WORK, Sds011Parser
+from drivers.serialio.device import SerialDriver
+from drivers.serialio.settings import StreamOptions, check_mode_keys, check_unique
+from gateway.driver import DeviceInfo
+from gateway.fields import Duration
+from gateway.model import PointSet
+
+PointName = Literal[FIELDS]  # type: ignore[valid-type]
+
+DEFAULT_TIMEOUT = 2.0  # query mode: seconds to wait for the data frame after the query command
+
+
+class Sds011Config(StreamOptions):
+    """An sds011 device entry (the keys other than name, driver, interval, enabled)."""
+
+    mode: Literal["active", "query"] = "active"
+    timeout: Duration | None = None  # query mode only; default DEFAULT_TIMEOUT
+    points: tuple[PointName, ...] = DEFAULT_POINTS
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, points: tuple[str, ...]) -> tuple[str, ...]:
+        if not points:
+            raise ValueError("list at least one point")
+        check_unique(points)
+        return points
+
+    @model_validator(mode="after")
+    def _mode_keys(self) -> Sds011Config:
+        check_mode_keys(self, query=self.mode == "query", query_mode="query")
+        return self
+
+
+class Sds011Driver(SerialDriver):
+    """PM2.5 and PM10 in µg/m³ (resolution 0.1), and the sensor's id if asked for.
+
+    Opening the port wakes the sensor and sets its reporting mode (the sensor keeps a mode
+    across power cycles, so active mode is set too). ``counters``: see ``SerialDriver``.
+    """
+
+    Config: ClassVar[type[BaseModel]] = Sds011Config
+
+    def __init__(self, config: Sds011Config, device: DeviceInfo) -> None:
+        query = config.mode == "query"
+        super().__init__(
+            device,
+            connection=config.connection,
+            parser=Sds011Parser(),
+            points=PointSet(names=tuple(config.points), units=tuple(UNITS[p] for p in config.points)),
+            select=[FIELDS.index(p) for p in config.points],
+            numeric=[p != "sensor_id" for p in config.points],
+            aggregate=config.aggregate,
+            stale_after=config.stale_after,
+            query=QUERY if query else None,
+            timeout=config.timeout or DEFAULT_TIMEOUT,
+            setup=[WORK, SET_QUERY if query else SET_ACTIVE],
+        )
