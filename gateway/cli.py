@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check, status, demo, version."""
+"""The `gateway` command: run, check, status, demo, bench, version."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.settings import Config
 
 DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 EXIT_BAD_CONFIG = 2
@@ -39,8 +43,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run against simulated devices and a local broker, show readings")
     demo.add_argument("--config", default=None, help="a config of simulated devices (default: built in)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _bench_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _duration(text: str) -> float:
+    from gateway.fields import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench", help="measure the real pipeline: throughput, CPU, memory, latency, drain, bytes",
+        description="Runs `gateway run` with simulated devices against a real broker and counts every "
+                    "reading that arrives, by seq. Scenarios: load, saturation (4x the load), moderate "
+                    "(--devices x --points every 1 s), drain, wire (cbor and json), startup.",
+    )
+    bench.add_argument("--scenario", default="all",
+                       help="comma list of load,saturation,moderate,drain,wire,startup (default: all)")
+    bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
+    bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
+    bench.add_argument("--interval", type=_duration, default=0.01,
+                       help="poll interval of the load scenario (default 10ms)")
+    bench.add_argument("--duration", type=_duration, default=10.0,
+                       help="measuring window per scenario, after the warm-up (default 10s)")
+    bench.add_argument("--warmup", type=_duration, default=2.0, help="warm-up before measuring (default 2s)")
+    bench.add_argument("--encoding", choices=["cbor", "json"], default="cbor", help="telemetry encoding")
+    bench.add_argument("--signals", default="counter,sine,random",
+                       help="comma list of counter,sine,random, assigned to points round-robin")
+    bench.add_argument("--commit-interval", type=_duration, default=1.0,
+                       help="the buffer's commit interval (default 1s)")
+    bench.add_argument("--drain-readings", type=_positive, default=300_000,
+                       help="backlog the drain scenario builds with the broker away (default 300000)")
+    bench.add_argument("--broker", metavar="HOST:PORT", default=None,
+                       help="use this broker instead of a private Mosquitto (the drain scenario is skipped)")
+    bench.add_argument("--data-dir", default=None,
+                       help="where the temporary data directories go (default: the system temp dir)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
 
 
 def setup_logging(level: str) -> None:
@@ -53,7 +104,7 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _load(path: str):
+def _load(path: str) -> Config | None:
     from gateway.config import ConfigFileError, load_config
 
     try:
@@ -63,8 +114,28 @@ def _load(path: str):
         return None
 
 
+def _fallback(path: str) -> Config | None:
+    """The last config that ran well, when the config file at ``path`` is invalid."""
+    from dataclasses import replace
+
+    from gateway import lastgood
+    from gateway.config import ConfigFileError, load_config
+
+    found = lastgood.find(path)
+    if found is None:
+        return None
+    try:
+        config = load_config(found)
+    except ConfigFileError as exc:
+        print(f"gateway: the last good config {found} does not load either:\n{exc}", file=sys.stderr)
+        return None
+    reason = f"{path} is invalid; running {found} instead until the file is fixed"
+    print(f"gateway: {reason}", file=sys.stderr)
+    return replace(config, path=Path(path), fallback=reason)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config) or _fallback(args.config)
     if config is None:
         return EXIT_BAD_CONFIG
     from gateway.daemon import AlreadyRunning, Daemon
@@ -125,13 +196,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, args.duration)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import options_from_args, run_bench
+
+    try:
+        opts = options_from_args(args)
+    except ValueError as exc:
+        print(f"gateway bench: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return run_bench(opts, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"city-gateway {__version__}")
         return 0
     setup_logging(args.log_level)
-    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

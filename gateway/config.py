@@ -51,6 +51,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     """
     doc = read_document(path)
     _include(doc, Path(path))
+    source = {k: copy.deepcopy(v) for k, v in doc.data.items() if k != "include"}
     substitute_env(doc, os.environ if environ is None else environ)
     checker = _Checker(doc)
     root = checker.validate(RootSection, doc.data, ())
@@ -68,6 +69,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         buffer=root.buffer,
         devices=devices,
         hash=config_hash(root, devices),
+        source=source,
     )
 
 

@@ -9,14 +9,17 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, lastgood
 from gateway.buffer import Buffer
+from gateway.config import ConfigFileError, load_config
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.driver import load_driver
 from gateway.publisher import Publisher
+from gateway.reload import diff
 from gateway.scheduler import Scheduler
 from gateway.settings import Config
 from gateway.systemd import notify
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RUNNING_MARKER = "running"  # present while a daemon runs; found at start = the last run did not end cleanly
 STOP_BUDGET = 8.0  # seconds the shutdown may take in all (systemd and the contract allow 10)
+RAN_WELL_AFTER = 30.0  # seconds up before a config counts as one that ran well (kept as last good)
 
 
 class AlreadyRunning(RuntimeError):
@@ -43,10 +47,12 @@ class Daemon:
         self._lock_fd: int | None = None
         max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer(self.data_dir, max_bytes=max_bytes, commit_interval=config.buffer.commit_interval)
-        self.scheduler = Scheduler(sink=self.buffer.put, on_change=self._status_changed)
-        self.publisher = Publisher(
-            config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status
-        )
+        self.scheduler = Scheduler(sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir)
+        self.publisher = self._new_publisher(config)
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.reload_error: str | None = None
+        self.restart_pending: list[str] = []
         self.control = ControlServer(self.data_dir / SOCKET_NAME, self._control)
 
     def request_stop(self) -> None:
@@ -56,7 +62,7 @@ class Daemon:
         """Start everything, run until SIGTERM/SIGINT, stop in order. Returns the exit status."""
         self._prepare_data_dir()
         await self.buffer.open()
-        publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        publisher_task = self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         for spec in self.config.devices:
             if spec.enabled:
                 self.scheduler.add(spec, load_driver(spec.driver))
@@ -64,6 +70,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "reload")
+        self._spawn(self._keep_as_last_good, "last-good")
+        if self.config.fallback:
+            log.error("running the last config that ran well: %s", self.config.fallback)
         enabled = sum(1 for d in self.config.devices if d.enabled)
         log.info(
             "gateway %s %s started: %d devices, broker %s:%d, data in %s%s",
@@ -74,9 +84,11 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self._shutdown(publisher_task)
+            for task in list(self._background):
+                task.cancel()
+            await self._shutdown(self._publisher_task or publisher_task)
         return 0
 
     async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
@@ -118,6 +130,72 @@ class Daemon:
     def _status_changed(self) -> None:
         self.publisher.status_changed()
 
+    def _new_publisher(self, config: Config) -> Publisher:
+        return Publisher(config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status)
+
+    def _spawn(self, factory: Any, name: str) -> None:
+        task = asyncio.create_task(factory(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _keep_as_last_good(self) -> None:
+        """Once this config has run a while, keep it as the one to fall back on."""
+        if self.config.fallback:
+            return
+        # Ran well: the broker took our status, or the daemon stayed up a while (an unreachable
+        # broker is no reason to distrust a config that polls and buffers).
+        for _ in range(int(RAN_WELL_AFTER)):
+            if self.publisher.connected:
+                break
+            await asyncio.sleep(1.0)
+        try:
+            if await asyncio.to_thread(lastgood.save, self.data_dir, self.config.source):
+                log.info("config %s kept as the last one that ran well", self.config.hash)
+        except OSError as exc:
+            log.warning("could not keep the last good config: %s", exc)
+
+    async def reload(self) -> bool:
+        """Re-read the config file (SIGHUP); apply it if valid, keep the running one if not.
+
+        Only the devices that changed are restarted; buffered data and seq are untouched; the
+        broker session is renewed only when the mqtt section changed.
+        """
+        path = self.config.path
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigFileError as exc:
+            self.reload_error = str(exc)
+            log.error("reload refused, the running config stays: %s is invalid:\n%s", path, exc)
+            self._status_changed()
+            return False
+        change = diff(self.config, new)
+        for name in [*change.removed, *(spec.name for spec in change.changed)]:
+            await self.scheduler.remove(name)
+        for spec in [*change.changed, *change.added]:
+            if spec.enabled:
+                self.scheduler.add(spec, load_driver(spec.driver))
+        if change.mqtt_changed:
+            await self._renew_publisher(new)
+        if change.restart_pending:
+            log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
+            new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer)
+        self.config, self.reload_error, self.restart_pending = new, None, change.restart_pending
+        log.info("config reloaded (%s): %s", new.hash, change.summary())
+        self._status_changed()
+        self._spawn(self._keep_as_last_good, "last-good")
+        return True
+
+    async def _renew_publisher(self, config: Config) -> None:
+        old, old_task = self.publisher, self._publisher_task
+        with contextlib.suppress(Exception):
+            await old.stop(timeout=3.0)
+        if old_task is not None:
+            old_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await old_task
+        self.publisher = self._new_publisher(config)
+        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+
     def status(self) -> dict[str, Any]:
         """The status document (schema 1), as published on the retained status topic."""
         stats = self.buffer.stats()
@@ -129,6 +207,12 @@ class Daemon:
             "started_ts": self.started_ts,
             "clean_start": self.clean_start,
             "config_hash": self.config.hash,
+            "config": {
+                "path": str(self.config.path),
+                "fallback": self.config.fallback,
+                "reload_error": self.reload_error,
+                "restart_pending": self.restart_pending,
+            },
             "buffer": {
                 "state": stats.state,
                 "reason": stats.reason,
@@ -142,6 +226,7 @@ class Daemon:
                 "last_error": self.publisher.last_error,
                 "messages_sent": self.publisher.messages_sent,
                 "readings_sent": self.publisher.readings_sent,
+                "connects": self.publisher.connects,
             },
             "devices": self._device_status(),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -67,6 +68,7 @@ class DeviceInfo:
     name: str
     interval: float  # seconds between polls
     shared: SharedPool = field(default_factory=SharedPool)  # connections shared with other devices
+    data_dir: Path | None = None  # the gateway's data directory (e.g. for the system driver's disk figures)
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
 from gateway.model import Batch
@@ -77,10 +78,11 @@ class DeviceTask:
         on_change: Callable[[], None],
         bus_lock: asyncio.Lock | None = None,
         shared: SharedPool | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.health = DeviceHealth()
-        info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool())
+        info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool(), data_dir=data_dir)
         self.driver: Driver = driver_cls(spec.options, info)
         self._sink = sink
         self._on_change = on_change
@@ -190,8 +192,11 @@ def _describe(exc: BaseException) -> str:
 class Scheduler:
     """Owns the device tasks; each can be started and stopped alone."""
 
-    def __init__(self, *, sink: Callable[[Batch], None], on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, *, sink: Callable[[Batch], None], on_change: Callable[[], None], data_dir: Path | None = None
+    ) -> None:
         self._sink = sink
+        self._data_dir = data_dir
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
         self._bus_locks: dict[str, asyncio.Lock] = {}
@@ -199,7 +204,9 @@ class Scheduler:
 
     def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
         """Create and start the task of one device."""
-        task = DeviceTask(spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared)
+        task = DeviceTask(
+            spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared, data_dir=self._data_dir
+        )
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
         self.tasks[spec.name] = task

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -93,3 +93,7 @@ class Config:
     buffer: BufferSection
     devices: tuple[DeviceSpec, ...]
     hash: str  # sha256 of the validated content, short; reported in the status
+    # The merged document as written (includes inlined, ${ENV} unresolved): saved as the last good config.
+    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Set when this is the last good config, run because the config file was invalid: the reason.
+    fallback: str | None = None

@@ -31,7 +31,8 @@ class SystemConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     points: tuple[PointName, ...] | None = None  # None: every point this board has
-    path: str = Field(default="/var/lib/gateway", min_length=1)  # disk_free: this directory's filesystem
+    # disk_free: this directory's filesystem (default: the gateway's data directory)
+    path: str | None = Field(default=None, min_length=1)
     thermal_zone: str | None = None  # cpu_temp: a zone type ("cpu-thermal") or name ("thermal_zone1")
     root: str = Field(default="/", min_length=1)  # every path is looked up under this (tests)
 
@@ -53,7 +54,8 @@ class SystemDriver:
 
     def __init__(self, config: SystemConfig, device: DeviceInfo) -> None:
         self._device = device
-        sources = probe(Path(config.root), config.path, config.thermal_zone)
+        path = config.path or str(device.data_dir or "/var/lib/gateway")
+        sources = probe(Path(config.root), path, config.thermal_zone)
         available = {name: source for source in sources for name in source.points}
         wanted = config.points or tuple(POINTS)
         names = tuple(n for n in wanted if n in available)

@@ -1,0 +1,79 @@
+"""What a reload restarts, and where the last good config is kept and found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import lastgood
+from gateway.config import load_config
+from gateway.reload import diff
+
+BASE = """\
+gateway: {{id: gw1, data_dir: {data}}}
+mqtt: {{host: {host}}}
+buffer: {{max_mb: {max_mb}}}
+devices:
+  - {{name: a, driver: simulated, interval: 1s, points: [{{name: x}}]}}
+  - {{name: b, driver: simulated, interval: {b_interval}, points: [{{name: x}}]}}
+"""
+
+
+def _config(tmp_path: Path, name: str, *, host: str = "h1", max_mb: int = 10, b_interval: str = "1s", extra: str = ""):
+    path = tmp_path / name
+    path.write_text(BASE.format(data=tmp_path, host=host, max_mb=max_mb, b_interval=b_interval) + extra)
+    return load_config(path)
+
+
+def test_unchanged_config_changes_nothing(tmp_path: Path) -> None:
+    change = diff(_config(tmp_path, "a.yaml"), _config(tmp_path, "b.yaml"))
+    assert change.empty
+
+
+def test_changed_added_removed_devices(tmp_path: Path) -> None:
+    old = _config(tmp_path, "a.yaml")
+    new = _config(tmp_path, "b.yaml", b_interval="2s",
+                  extra="  - {name: c, driver: simulated, points: [{name: y}]}\n")
+    change = diff(old, new)
+    assert [d.name for d in change.changed] == ["b"]
+    assert [d.name for d in change.added] == ["c"]
+    assert change.removed == [] and not change.mqtt_changed and change.restart_pending == []
+
+
+def test_mqtt_and_restart_sections(tmp_path: Path) -> None:
+    change = diff(_config(tmp_path, "a.yaml"), _config(tmp_path, "b.yaml", host="h2", max_mb=20))
+    assert change.mqtt_changed and change.restart_pending == ["buffer"] and not change.changed
+
+
+def test_save_is_atomic_private_and_skips_identical_content(tmp_path: Path) -> None:
+    source = {"gateway": {"id": "gw1"}, "mqtt": {"password": "${MQTT_PASSWORD}"}}
+    assert lastgood.save(tmp_path, source) is True
+    saved = tmp_path / lastgood.FILE_NAME
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert "${MQTT_PASSWORD}" in saved.read_text()  # references are kept, never resolved secrets
+    mtime = saved.stat().st_mtime_ns
+    assert lastgood.save(tmp_path, source) is False and saved.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["gateway: {id: gw1, data_dir: DIR}\nmqtt: [\n", "gateway:\n  id: gw1\n  data_dir: 'DIR'  # here\n  bad: : :\n"],
+)
+def test_find_reads_the_data_dir_even_from_a_broken_file(tmp_path: Path, text: str) -> None:
+    data = tmp_path / "state"
+    data.mkdir()
+    lastgood.save(data, {"gateway": {"id": "gw1"}})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text.replace("DIR", str(data)))
+    assert lastgood.find(path) == data / lastgood.FILE_NAME
+
+
+def test_find_uses_systemd_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    path = tmp_path / "gateway.yaml"
+    path.write_text("not: [valid")
+    assert lastgood.find(path) is None
+    lastgood.save(tmp_path, {"gateway": {"id": "gw1"}})
+    assert lastgood.find(path) == tmp_path / lastgood.FILE_NAME
