@@ -192,6 +192,21 @@ class _Checker:
             for device, message in found:
                 loc = ("devices", index[device], "name") if device in index else ("devices",)
                 self._doc.problem(loc, message, line=self._line(loc))
+        self._port_claims(specs)
+
+    def _port_claims(self, specs: list[tuple[int, DeviceSpec]]) -> None:
+        """One serial port belongs to one driver: two protocols on one line garble each other."""
+        owner: dict[str, DeviceSpec] = {}
+        for i, spec in specs:
+            claim = getattr(self._drivers.get(spec.driver), "serial_ports", None)
+            if claim is None or not spec.enabled:
+                continue
+            for port in sorted(claim(spec.options)):
+                first = owner.setdefault(port, spec)
+                if first.driver != spec.driver:
+                    loc = ("devices", i, "connection", "serial_port")
+                    self._doc.problem(loc, f"{port} is already used by device {first.name!r} ({first.driver}); "
+                                           "one serial port can carry one protocol")
 
     def _line(self, loc: Loc) -> int | None:
         return self._doc.lines.line(loc)

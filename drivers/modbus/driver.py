@@ -87,6 +87,12 @@ class ModbusDriver:
         """
         return check_shared_ports(devices)
 
+    @staticmethod
+    def serial_ports(config: ModbusConfig) -> set[str]:
+        """The local serial ports this device opens (the loader checks no other driver claims them)."""
+        port = getattr(config.connection, "serial_port", None)
+        return {port} if port else set()
+
     @property
     def blocks(self) -> tuple[Block, ...]:
         """The current read plan: one entry per request of a poll."""

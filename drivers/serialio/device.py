@@ -47,6 +47,11 @@ class SerialDriver:
     Config: ClassVar[type[BaseModel]]
     bus: str | None = None  # a serial sensor owns its port: no shared bus to take turns on
 
+    @staticmethod
+    def serial_ports(config: Any) -> set[str]:
+        """The serial port this device opens (the loader checks no other driver claims it)."""
+        return {config.connection.serial_port}
+
     def __init__(
         self,
         device: DeviceInfo,
