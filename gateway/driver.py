@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -19,7 +19,7 @@ from gateway.model import PointSet, PollResult
 ENTRY_POINT_GROUP = "gateway.drivers"
 
 # Keys of a device entry the core owns; everything else belongs to the driver's Config model.
-COMMON_DEVICE_KEYS = frozenset({"name", "driver", "interval", "enabled"})
+COMMON_DEVICE_KEYS = frozenset({"name", "driver", "interval", "enabled", "deadband", "heartbeat"})
 
 
 class DriverError(Exception):
@@ -28,6 +28,42 @@ class DriverError(Exception):
 
 class ConfigError(Exception):
     """A config is invalid in a way a model alone cannot express (raised by a driver's checks)."""
+
+
+class WriteRefused(DriverError):
+    """A write was refused before anything was sent; the message is the reason.
+
+    Unknown or read-only point, a value of the wrong type, out of the point's min/max or of its
+    type's range. A write the device itself rejects is a plain DriverError.
+    """
+
+
+class PointRow(TypedDict):
+    """One point of an ``inspect`` report (JSON-able): what a technician's ``gateway read`` shows."""
+
+    name: str
+    raw: str | None  # the raw data as read, e.g. "42F6 E979" (registers in hex) or "1" (a coil)
+    value: Any
+    unit: str | None
+    error: str | None
+
+
+class TraceEvent(TypedDict):
+    """One frame on the wire, for ``gateway read --trace``."""
+
+    ts: float  # UTC epoch seconds
+    dir: str  # "tx" (request sent) or "rx" (what came back; empty data: nothing)
+    data: str  # the frame, hex bytes "01 03 00 00 00 0a c5 cd" (or text for ASCII framing)
+    note: str  # "", "timeout", "CRC error", "exception 2 (illegal data address)", ...
+    ms: float | None  # rx: milliseconds since the request was sent
+
+
+class Inspection(TypedDict):
+    """What ``inspect`` returns: one poll of a device with raw data, and optionally its frames."""
+
+    points: list[PointRow]
+    error: str | None  # the device gave no valid answer (the rows read before that keep their values)
+    trace: list[TraceEvent]
 
 
 class SharedPool:
@@ -85,6 +121,20 @@ class Driver(Protocol):
       when the device did not answer at all. A driver never sleeps to pace itself.
     Heavy libraries are imported inside ``open``, so a config that does not use a driver never
     loads them.
+
+    Optional, for the technician tools (``gateway read`` / ``write``, also through a running
+    daemon, which calls them under the device's bus lock; a driver without them is read with
+    ``poll`` and refuses writes):
+
+    - ``async def write(self, point: str, value: Any) -> str | None``: write one point. ``value``
+      is the engineering value, possibly as text from a command line. Raises ``WriteRefused``
+      (before sending anything) for an unknown or read-only point or a bad value, DriverError
+      when the device did not take it. May return a short description of what it sent.
+    - ``async def inspect(self, *, points: Sequence[str] | None = None, trace: bool = False)
+      -> Inspection``: one read now (of ``points`` only, if given) with the raw data of each
+      point and, with ``trace``, the frames on the wire. Never raises for a device that does not
+      answer: the report's ``error`` says so. Works whether or not the driver is open, and leaves
+      it as it was.
     """
 
     Config: ClassVar[type[BaseModel]]

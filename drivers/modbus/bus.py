@@ -8,6 +8,13 @@ Serial (RTU, ASCII) and RTU-over-TCP links are shared by every device naming the
 server: drivers get them from the daemon's ``SharedPool`` under the connection's ``bus_key``.
 A TCP link belongs to one device. pymodbus is imported when the first client is made.
 
+Writes (FC 5, 6, 15, 16) go through the same lock and gap as reads. A ``FrameTrace`` attached as
+``tracer`` records every frame sent and received (pymodbus' ``trace_packet`` hook) with each
+request's outcome, for ``gateway read --trace``.
+
+Serial ports are opened exclusively (pymodbus opens them with pyserial's ``exclusive=True``, an
+flock): a port another process holds fails to open, and the message names that process.
+
 Recovery: a link never retries a request (``retries=0``) and runs no background reconnect; the
 next request after a failure opens the connection again. A serial port that disappeared (a USB
 adapter unplugged) fails fast with "serial port ... is gone", and its client is thrown away, so
@@ -24,6 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.modbus.connection import RtuOverTcpConnection, SerialConnection, TcpConnection
+from drivers.modbus.decode import exception_text
+from drivers.modbus.portlock import lock_holder
+from drivers.modbus.trace import FrameTrace
 from gateway.driver import DriverError
 
 log = logging.getLogger(__name__)
@@ -34,12 +44,14 @@ _READERS = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
+_WRITERS = {5: "write_coil", 6: "write_register", 15: "write_coils", 16: "write_registers"}
 
 LinkConnection = TcpConnection | RtuOverTcpConnection | SerialConnection
 
 
 class LinkError(DriverError):
-    """No valid answer. ``kind``: timeout, bad_frame, lost, connect or gone."""
+    """No valid answer. ``kind``: timeout, bad_frame, lost, connect, gone, busy (the serial port is
+    locked by another process) or denied (no permission to open it)."""
 
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
@@ -59,11 +71,13 @@ class Link:
         self._name = name
         self._client: Any = None
         self._readers: dict[str, Callable[..., Any]] = {}
+        self._writers: dict[int, Callable[..., Any]] = {}
         self._lock = asyncio.Lock()
         self._quiet_since = 0.0  # monotonic time the line last went quiet
         self._was_open = False
         self._timeout_errors: tuple[type[BaseException], ...] = ()
         self._link_errors: tuple[type[BaseException], ...] = ()
+        self.tracer: FrameTrace | None = None  # set while a technician traces requests
 
     @property
     def connected(self) -> bool:
@@ -81,13 +95,25 @@ class Link:
         Raises LinkError when no valid answer came: ``timeout``, ``bad_frame`` (the answer failed
         its CRC/LRC), ``lost`` (connection dropped), ``connect`` or ``gone`` (port vanished).
         """
+        return await self._exchange(lambda: self._readers[table](start, count=count, device_id=unit), unit, timeout)
+
+    async def write(self, function: int, address: int, payload: Any, *, unit: int, timeout: float) -> Any:
+        """Send one write request (FC 5, 6, 15 or 16) and return the response, like ``read``.
+
+        ``payload``: a bool (FC5), an int (FC6), a list of bools (FC15) or of ints (FC16).
+        """
+        return await self._exchange(
+            lambda: self._writers[function](address, payload, device_id=unit), unit, timeout
+        )
+
+    async def _exchange(self, send: Callable[[], Any], unit: int, timeout: float) -> Any:
         async with self._lock:
             await self._open(timeout)
             wait = self._quiet_since + self.gap - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # bus pacing: silence between frames on the wire
             try:
-                return await self._request(table, start, count, unit, timeout)
+                return await self._request(send, unit, timeout)
             finally:
                 self._quiet_since = time.monotonic()
 
@@ -116,13 +142,30 @@ class Link:
             self._was_open = True
             return
         self.close()
-        raise LinkError(self._connect_failure(time.monotonic() - started, timeout), "connect")
+        raise LinkError(*self._connect_failure(time.monotonic() - started, timeout))
 
-    async def _request(self, table: str, start: int, count: int, unit: int, timeout: float) -> Any:
+    async def _request(self, send: Callable[[], Any], unit: int, timeout: float) -> Any:
         self._set_timeout(timeout)
+        tracer = self.tracer
+        if tracer is None:
+            return await self._request_once(send, unit, timeout)
+        tracer.begin()
+        note = "no answer"
+        try:
+            response = await self._request_once(send, unit, timeout)
+            note = _outcome(response)
+            return response
+        except LinkError as exc:
+            note = {"bad_frame": "CRC error" if self.connection.transport != "ascii" else "LRC error",
+                    "timeout": f"timeout after {timeout:g} s"}.get(exc.kind, str(exc))
+            raise
+        finally:
+            tracer.end(note)
+
+    async def _request_once(self, send: Callable[[], Any], unit: int, timeout: float) -> Any:
         bad_before = self.bad_frames
         try:
-            return await self._readers[table](start, count=count, device_id=unit)
+            return await send()
         except self._timeout_errors as exc:
             if self._port_gone():
                 raise LinkError(self._missing_port(), "gone") from exc
@@ -153,17 +196,21 @@ class Link:
         state = "is gone" if self._was_open else "does not exist"
         return f"serial port {self._serial_port} {state}"
 
-    def _connect_failure(self, elapsed: float, timeout: float) -> str:
+    def _connect_failure(self, elapsed: float, timeout: float) -> tuple[str, str]:
+        """Why a connect failed, and the LinkError kind: ``denied``, ``busy`` or ``connect``."""
         port = self._serial_port
         if port is not None:
             if not os.access(port, os.R_OK | os.W_OK):
-                return f"no permission to open serial port {port}"
-            return f"cannot open serial port {port} (in use by another program?)"
+                return f"no permission to open serial port {port}", "denied"
+            holder = lock_holder(port)  # the exclusive lock of another process (the daemon, a tool)
+            if holder is not None:
+                return f"serial port {port} is in use by {holder.describe()}", "busy"
+            return f"cannot open serial port {port} (in use by another program?)", "connect"
         address = self.where.removeprefix("at ")
         # pymodbus reports only False; the time taken tells a refusal from silence.
         if elapsed >= 0.9 * timeout:
-            return f"no connection to {address} within {timeout}s"
-        return f"cannot connect to {address} (refused or unreachable)"
+            return f"no connection to {address} within {timeout}s", "connect"
+        return f"cannot connect to {address} (refused or unreachable)", "connect"
 
     def _set_timeout(self, timeout: float) -> None:
         # Devices sharing a link may differ in timeout; one request runs at a time, so the
@@ -180,10 +227,17 @@ class Link:
 
         self._timeout_errors = (ModbusIOException, asyncio.TimeoutError)
         self._link_errors = (ConnectionException, OSError)
-        client = _new_client(self.connection, self._name)
+        client = _new_client(self.connection, self._name, self._trace_packet)
         _watch_frames(client, self._count_bad_frame)
         self._readers = {table: getattr(client, method) for table, method in _READERS.items()}
+        self._writers = {function: getattr(client, method) for function, method in _WRITERS.items()}
         return client
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # pymodbus' hook on every packet: a no-op unless a technician is tracing.
+        if self.tracer is not None:
+            self.tracer.packet(sending, data)
+        return data
 
 
 def _gap(connection: LinkConnection) -> float:
@@ -194,7 +248,14 @@ def _gap(connection: LinkConnection) -> float:
     return 0.0
 
 
-def _new_client(conn: LinkConnection, name: str) -> Any:
+def _outcome(response: Any) -> str:
+    """How a trace notes a response: "" for a valid answer, else the exception it carries."""
+    if not response.isError():
+        return ""
+    return exception_text(response.exception_code)
+
+
+def _new_client(conn: LinkConnection, name: str, trace_packet: Callable[[bool, bytes], bytes]) -> Any:
     """A pymodbus client for ``conn``: one attempt per request, no background reconnect."""
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
     from pymodbus.framer import FramerType
@@ -202,7 +263,9 @@ def _new_client(conn: LinkConnection, name: str) -> Any:
     # retries=0: each retry costs a full timeout on a dead unit, and on a shared line that time
     # is taken from the live units; the scheduler's backoff decides when to try a dead unit again.
     # reconnect_delay=0: no background reconnect task racing the scheduler; a request reconnects.
-    common: dict[str, Any] = {"name": name, "timeout": conn.timeout, "retries": 0, "reconnect_delay": 0}
+    common: dict[str, Any] = {
+        "name": name, "timeout": conn.timeout, "retries": 0, "reconnect_delay": 0, "trace_packet": trace_packet,
+    }
     if isinstance(conn, SerialConnection):
         return AsyncModbusSerialClient(
             conn.serial_port,

@@ -53,6 +53,7 @@ INT_BITS: dict[str, int] = {
     "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64,
 }
 BIT_TABLES = ("coil", "discrete")
+WRITABLE_TABLES = ("holding", "coil")
 
 
 class _Strict(BaseModel):
@@ -76,6 +77,9 @@ class Point(_Strict):
     invalid_values: tuple[int | float, ...] = ()  # raw "no data" sentinels
     value_map: dict[MapKey, MapValue] | None = None  # raw value -> reported value
     unit: str | None = None
+    writable: bool = False  # holding registers and coils only; see encode.py
+    min: float | None = None  # writes: the lowest value accepted, in engineering units
+    max: float | None = None  # writes: the highest
 
     @model_validator(mode="before")
     @classmethod
@@ -88,7 +92,7 @@ class Point(_Strict):
 
     @model_validator(mode="after")
     def _check_layout(self) -> Point:
-        for check in (_check_table, _check_shape, _check_span, _check_conversion):
+        for check in (_check_table, _check_shape, _check_span, _check_conversion, _check_writable):
             problem = check(self)
             if problem:
                 raise ValueError(problem)
@@ -158,6 +162,25 @@ def _check_sentinels(p: Point) -> str | None:
     return None
 
 
+def _check_writable(p: Point) -> str | None:
+    if p.writable:
+        if p.table not in WRITABLE_TABLES:
+            return f"writable: a point in table {p.table!r} cannot be written (only holding registers and coils)"
+        if p.bit is not None:
+            return "writable: a bit of a register cannot be written alone (the other 15 bits would be overwritten)"
+    limited = p.min is not None or p.max is not None
+    if not limited:
+        return None
+    if not p.writable:
+        return "min and max limit writes; they need writable: true"
+    if p.type in ("bool", "string") or p.value_map is not None:
+        what = "value_map" if p.value_map is not None else p.type
+        return f"min and max do not apply to {what} points"
+    if p.min is not None and p.max is not None and p.min > p.max:
+        return f"min {p.min:g} is greater than max {p.max:g}"
+    return None
+
+
 class ModbusConfig(_Strict):
     """A modbus device entry (the keys other than name, driver, interval, enabled).
 
@@ -176,6 +199,8 @@ class ModbusConfig(_Strict):
     max_gap: int = Field(default=16, ge=0, le=65535)
     max_registers: int = Field(default=125, ge=4, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
+    # Writes use FC6/FC5 for one register/coil; some devices implement only FC16/FC15.
+    write_multiple: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -257,8 +257,10 @@ def decode_registers(
                 errors[index] = NOT_A_NUMBER
             elif conversion == FLOAT:
                 values[index] = value
-            else:
-                values[index] = value * scale + offset
+            elif isfinite(scaled := value * scale + offset):
+                values[index] = scaled
+            else:  # a float64 near its largest, scaled up
+                errors[index] = NOT_A_NUMBER
 
 
 def decode_bits(block: Block, bits: Sequence[bool], values: list[Any], errors: dict[int, str]) -> None:

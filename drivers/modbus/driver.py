@@ -6,8 +6,9 @@ without Modbus devices never loads it.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -22,17 +23,22 @@ from drivers.modbus.decode import (
     decode_registers,
     exception_text,
     fail_block,
+    make_block,
     plan_reads,
     split_block,
 )
-from gateway.driver import DeviceInfo, DriverError
+from drivers.modbus.encode import WritePlan, merge_byte, plan_write
+from drivers.modbus.portlock import Holder, lock_holder
+from drivers.modbus.scan import Prober
+from drivers.modbus.trace import FrameTrace
+from gateway.driver import DeviceInfo, DriverError, Inspection, PointRow, WriteRefused
 from gateway.model import PointSet, PollResult
 
 # Exception codes by which a TCP gateway says the unit behind it did not answer.
 _GATEWAY_NO_ANSWER = frozenset({10, 11})
 # Which counter a failed request adds to.
 _COUNTER_OF = {"timeout": "timeouts", "bad_frame": "crc_errors", "lost": "disconnects",
-               "connect": "disconnects", "gone": "disconnects"}
+               "connect": "disconnects", "gone": "disconnects", "busy": "disconnects", "denied": "disconnects"}
 
 
 class ModbusDriver:
@@ -49,7 +55,13 @@ class ModbusDriver:
 
     ``counters`` (since construction): ``polls`` (attempts), ``requests`` sent, ``timeouts``,
     ``crc_errors`` (answers failing their CRC/LRC), ``exceptions`` (exception responses),
-    ``disconnects`` (connection refused, lost or port gone), ``last_poll_seconds``.
+    ``disconnects`` (connection refused, lost or port gone), ``last_poll_seconds``; once used,
+    ``writes`` and ``tool_reads`` (``inspect`` calls, i.e. technicians' reads).
+
+    For the technician tools: ``write`` (see ``encode.py`` for what is accepted and refused)
+    and ``inspect`` (one read now, with the raw registers and optionally the frames). A poll, a
+    write and an inspect of one device never overlap (one lock per driver); the daemon runs the
+    last two under the device's bus lock too.
     """
 
     Config: ClassVar[type[BaseModel]] = ModbusConfig
@@ -77,6 +89,9 @@ class ModbusDriver:
             "last_poll_seconds": 0.0,
         }
         self._link: Link | None = None
+        self._busy = asyncio.Lock()  # one poll, write or inspect of this device at a time
+        self._index = {p.name: i for i, p in enumerate(self._points)}
+        self._raw: dict[int, str] | None = None  # while inspecting: the raw data of each point read
 
     @classmethod
     def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[tuple[str, str]]:
@@ -93,6 +108,16 @@ class ModbusDriver:
         port = getattr(config.connection, "serial_port", None)
         return {port} if port else set()
 
+    @staticmethod
+    def prober(connection: Mapping[str, Any]) -> Prober:
+        """For ``gateway scan``: a Prober of unit ids on the line ``connection`` describes."""
+        return Prober(connection)
+
+    @staticmethod
+    def port_holder(port: str) -> Holder | None:
+        """For the tools: the process holding serial port ``port`` (locked exclusively), or None."""
+        return lock_holder(port)
+
     @property
     def blocks(self) -> tuple[Block, ...]:
         """The current read plan: one entry per request of a poll."""
@@ -104,21 +129,66 @@ class ModbusDriver:
 
     async def poll(self) -> PollResult:
         """Read every point once; raises DriverError when the unit gave no valid answer."""
-        started = time.monotonic()
-        self.counters["polls"] += 1
-        try:
-            link = self._acquire()
-            await self._counted(link.open(self._timeout))
+        async with self._busy:
+            started = time.monotonic()
+            self.counters["polls"] += 1
+            try:
+                link = self._acquire()
+                await self._counted(link.open(self._timeout))
+                values: list[Any] = [None] * len(self._points)
+                errors: dict[int, str] = {}
+                for block in tuple(self._blocks):
+                    await self._read_block(link, block, values, errors)
+                return PollResult(values, errors or None)
+            finally:
+                self.counters["last_poll_seconds"] = round(time.monotonic() - started, 6)
+
+    async def inspect(self, *, points: Sequence[str] | None = None, trace: bool = False) -> Inspection:
+        """One read now, with each point's raw data and, with ``trace``, the frames on the wire.
+
+        ``points``: read only these (one request each; used to read a write back). Never raises
+        for a unit that does not answer: the report's ``error`` says so, and the points read
+        before keep their values. Leaves the connection open or closed, as it found it.
+        """
+        indices = [self._point_index(name) for name in points] if points is not None else None
+        async with self._busy:
+            self._bump("tool_reads")
+            if indices is None:
+                blocks = list(self._blocks)
+            else:
+                blocks = [make_block(self._points, self._points[i].table, [i]) for i in indices]
             values: list[Any] = [None] * len(self._points)
             errors: dict[int, str] = {}
-            for block in tuple(self._blocks):
-                await self._read_block(link, block, values, errors)
-            return PollResult(values, errors or None)
-        finally:
-            self.counters["last_poll_seconds"] = round(time.monotonic() - started, 6)
+            tracer = FrameTrace(text=self._config.connection.transport == "ascii") if trace else None
+            self._raw = {}
+            try:
+                error = await self._with_link(self._read_blocks(blocks, values, errors), tracer)
+            finally:
+                raw, self._raw = self._raw, None
+        wanted = range(len(self._points)) if indices is None else indices
+        rows = [self._row(i, values[i], errors.get(i), raw.get(i), error) for i in wanted]
+        return Inspection(points=rows, error=error, trace=tracer.events if tracer else [])
+
+    async def write(self, point: str, value: Any) -> str:
+        """Write ``value`` (engineering units; text is parsed) to ``point``; returns what was sent.
+
+        Raises WriteRefused, with nothing sent, when the point is unknown or not writable or the
+        value does not fit it; DriverError when the unit did not take the write.
+        """
+        index = self._point_index(point)
+        plan = plan_write(self._points[index], value, multiple=self._config.write_multiple)
+        async with self._busy:
+            error = await self._with_link(self._send_write(plan, index), None)
+        if error is not None:
+            raise DriverError(error)
+        return plan.describe()
 
     async def close(self) -> None:
         """Leave the connection: closed when this device was its last user."""
+        async with self._busy:
+            self._leave()
+
+    def _leave(self) -> None:
         link, self._link = self._link, None
         if link is None:
             return
@@ -138,9 +208,73 @@ class ModbusDriver:
                 self._link = self._device.shared.acquire(self.bus, lambda: Link(conn, name=self.bus or ""))
         return self._link
 
+    def _point_index(self, name: str) -> int:
+        index = self._index.get(name)
+        if index is None:
+            writable = [p.name for p in self._points if p.writable]
+            hint = f" (writable points: {', '.join(writable)})" if writable else " (it has no writable points)"
+            raise WriteRefused(f"device {self._device.name!r} has no point {name!r}{hint}")
+        return index
+
+    async def _with_link(self, work: Any, tracer: FrameTrace | None) -> str | None:
+        """Run ``work`` (a coroutine using ``self._link``) on an open link; the failure's message or None."""
+        was_open = self._link is not None
+        link = self._acquire()
+        link.tracer = tracer
+        try:
+            await self._counted(link.open(self._timeout))
+            await work
+        except DriverError as exc:
+            return str(exc)
+        finally:
+            work.close()  # never awaited when the open failed
+            link.tracer = None
+            if not was_open:
+                self._leave()
+        return None
+
+    async def _read_blocks(self, blocks: Sequence[Block], values: list[Any], errors: dict[int, str]) -> None:
+        assert self._link is not None
+        for block in blocks:
+            await self._read_block(self._link, block, values, errors)
+
+    async def _send_write(self, plan: WritePlan, index: int) -> None:
+        link = self._link
+        assert link is not None
+        payload: Any = list(plan.bits or plan.registers)
+        if plan.merge_byte:
+            # int8/uint8: half a register; the other byte is kept (read-modify-write, see encode.py).
+            current = await self._request(link, make_block(self._points, "holding", [index]))
+            if current.isError():
+                raise DriverError(f"cannot read register {plan.address} to merge the byte: "
+                                  f"{exception_text(current.exception_code)}")
+            payload = [merge_byte(current.registers[0], plan.registers[0], plan.merge_byte)]
+        if plan.function in (5, 6):
+            payload = payload[0]
+        self._bump("writes")
+        self.counters["requests"] += 1
+        response = await self._counted(
+            link.write(plan.function, plan.address, payload, unit=self._unit, timeout=self._timeout)
+        )
+        if response.isError():
+            self.counters["exceptions"] += 1
+            raise DriverError(f"unit {self._unit} {self._where} refused the write: "
+                              f"{exception_text(response.exception_code)}")
+
+    def _row(self, index: int, value: Any, error: str | None, raw: str | None, failed: str | None) -> PointRow:
+        point = self._points[index]
+        if raw is None and error is None and failed is not None:
+            error = "not read"
+        return PointRow(name=point.name, raw=raw, value=value, unit=point.unit, error=error)
+
+    def _bump(self, counter: str) -> None:
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+
     async def _read_block(self, link: Link, block: Block, values: list[Any], errors: dict[int, str]) -> None:
         response = await self._request(link, block)
         if not response.isError():
+            if self._raw is not None:
+                _keep_raw(self._points, block, response, self._raw)
             if block.is_bits:
                 decode_bits(block, response.bits, values, errors)
             else:
@@ -151,8 +285,9 @@ class ModbusDriver:
             # Some address inside the coalesced range is not served: read point by point from now
             # on, so only the points really at fault report an error.
             parts = split_block(self._points, block)
-            where = self._blocks.index(block)
-            self._blocks[where : where + 1] = parts
+            if block in self._blocks:
+                where = self._blocks.index(block)
+                self._blocks[where : where + 1] = parts
             for part in parts:
                 await self._read_block(link, part, values, errors)
             return
@@ -178,3 +313,16 @@ class ModbusDriver:
         except LinkError as exc:
             self.counters[_COUNTER_OF.get(exc.kind, "disconnects")] += 1
             raise
+
+
+def _keep_raw(points: Sequence[Any], block: Block, response: Any, raw: dict[int, str]) -> None:
+    """Note the raw data of each point of ``block``: registers in hex ("42F6 E979"), or a bit."""
+    data = response.bits if block.is_bits else response.registers
+    if len(data) < block.count:
+        return  # a short answer: the decoder reports it
+    for index in block.indices:
+        offset = points[index].address - block.start
+        if block.is_bits:
+            raw[index] = "1" if data[offset] else "0"
+        else:
+            raw[index] = " ".join(f"{w:04X}" for w in data[offset : offset + points[index].span])
