@@ -171,6 +171,7 @@ class _Checker:
                 self._duplicate_points(("devices", i), points)
         for i, spec in specs:
             self._overlaps(("devices", i, "points"), spec.options)
+            self._deadband_points(("devices", i, "deadband"), spec)
         self._driver_checks(specs)
 
     def _driver_checks(self, specs: list[tuple[int, DeviceSpec]]) -> None:
@@ -208,6 +209,16 @@ class _Checker:
                     self._doc.problem(loc, f"{port} is already used by device {first.name!r} ({first.driver}); "
                                            "one serial port can carry one protocol")
 
+    def _deadband_points(self, loc: Loc, spec: DeviceSpec) -> None:
+        """Per-point deadbands must name points of the device (where its model lists them)."""
+        points = getattr(spec.options, "points", None)
+        if not isinstance(spec.deadband, dict) or not points:
+            return
+        known = [getattr(p, "name", p) for p in points]
+        for name in spec.deadband:
+            if name not in known:
+                self._doc.problem((*loc, name), f"no point {name!r} in this device{suggest(name, known)}")
+
     def _line(self, loc: Loc) -> int | None:
         return self._doc.lines.line(loc)
 
@@ -236,6 +247,8 @@ class _Checker:
             enabled=section.enabled,
             options=options,
             raw=copy.deepcopy(entry),
+            deadband=section.deadband,
+            heartbeat=section.heartbeat,
         )
 
     def _driver(self, name: Any, base: Loc) -> type[Any] | None:

@@ -36,7 +36,8 @@ def same_device(a: DeviceSpec, b: DeviceSpec) -> bool:
     Options are compared after validation, so an edited profile file counts as a change and a
     reformatted entry does not.
     """
-    return (a.driver, a.interval, a.enabled, a.options) == (b.driver, b.interval, b.enabled, b.options)
+    keys = ("driver", "interval", "enabled", "options", "deadband", "heartbeat")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def diff(old: Config, new: Config) -> ConfigDiff:

@@ -8,7 +8,6 @@ so one request is on the line at a time. Time belongs to the scheduler: drivers 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
-from gateway.model import Batch
+from gateway.model import Batch, PointSet
+from gateway.report import ReportFilter
 from gateway.settings import DeviceSpec
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class DeviceTask:
         self.health = DeviceHealth()
         info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool(), data_dir=data_dir)
         self.driver: Driver = driver_cls(spec.options, info)
+        self._filter = _report_filter(spec, self.driver.points)
         self._sink = sink
         self._on_change = on_change
         self.bus_lock = bus_lock
@@ -102,8 +103,12 @@ class DeviceTask:
         """Cancel the poll loop and close the driver."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # the loop died of a bug: stopping must still go on (and flush)
+                log.error("device %s: poll loop had died: %s: %s", self.spec.name, type(exc).__name__, exc)
             self._task = None
         await self._close()
 
@@ -143,7 +148,10 @@ class DeviceTask:
         ts = int(time.time() * 1000)
         self.health.polls += 1
         self.health.last_read_ts = ts
-        self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors))
+        if self._filter is None:
+            self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors))
+        elif picked := self._filter.apply(result.values, result.errors, time.monotonic()):
+            self._sink(Batch(self.spec.name, ts, *picked))
         if self.health.state != "ok":
             if self.health.state == "error":
                 log.warning("device %s is back", self.spec.name)
@@ -179,6 +187,14 @@ class DeviceTask:
             await self.driver.close()
         except Exception as exc:
             log.debug("device %s: close failed: %s", self.spec.name, exc)
+
+
+def _report_filter(spec: DeviceSpec, points: PointSet) -> ReportFilter | None:
+    if not spec.reports_by_exception:
+        return None
+    band = spec.deadband
+    bands = band if isinstance(band, dict) else dict.fromkeys(points.names, band or 0.0)
+    return ReportFilter(points, deadband=bands, heartbeat=spec.heartbeat)
 
 
 def _describe(exc: BaseException) -> str:

@@ -138,3 +138,14 @@ async def test_devices_on_one_bus_take_turns() -> None:
     await _until(lambda: len({b.device for b in batches}) == 3 and len(batches) >= 15)
     await sched.stop_all()
     assert _BusDriver.peak == 1
+
+
+async def test_stopping_a_loop_that_died_of_a_bug_does_not_raise() -> None:
+    def broken_sink(batch: Batch) -> None:
+        raise RuntimeError("bug in a later stage")
+
+    sched = Scheduler(sink=broken_sink, on_change=lambda: None)
+    task = sched.add(_spec("d", 0.01), SimulatedDriver)
+    await _until(lambda: not task.alive)
+    await sched.stop_all()  # must not raise: the daemon still has to flush the buffer
+    assert sched.tasks == {}
