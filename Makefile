@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration system-deps clean
+.PHONY: demo test lint unit integration system-deps clean wheelhouse
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -41,6 +41,31 @@ unit: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
+
+# An offline installation source for the gateways (`sudo deploy/install.sh` finds it): wheels of
+# city-gateway and of every dependency for CPython $(WHEEL_PYTHON) on 64-bit (aarch64) and 32-bit
+# (armv7l) Raspberry Pi OS, and for this machine. Pure-Python wheels are built here; the compiled
+# dependencies (pydantic-core, cbor2, PyYAML) are downloaded as binary wheels for each platform.
+# PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there.
+# Copy the repository with wheelhouse/ (or deploy/, config/ and wheelhouse/) to the gateway.
+# Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one.
+WHEEL_PYTHON ?= 3.11
+WHEEL_ARCHS  ?= aarch64 armv7l
+WHEEL_GLIBC  := manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34 manylinux_2_36
+
+wheelhouse: $(STAMP)
+	rm -rf wheelhouse
+	$(BIN)/pip wheel --quiet -w wheelhouse .
+	yaml=$$(ls wheelhouse | sed -n 's/^[Pp]y[Yy][Aa][Mm][Ll]-\([^-]*\)-.*/\1/p' | head -n 1); \
+	PYYAML_FORCE_LIBYAML=0 $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary pyyaml -w wheelhouse "PyYAML==$$yaml"
+	for arch in $(WHEEL_ARCHS); do \
+	  echo "wheelhouse: $$arch"; \
+	  $(BIN)/pip download --quiet --only-binary=:all: --python-version $(WHEEL_PYTHON) --implementation cp \
+	    --abi cp$(subst .,,$(WHEEL_PYTHON)) --abi abi3 --abi none \
+	    $(foreach g,$(WHEEL_GLIBC),--platform $(g)_$$arch) --platform linux_$$arch \
+	    --find-links wheelhouse -d wheelhouse wheelhouse/city_gateway-*.whl || exit 1; \
+	done
+	@ls wheelhouse
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

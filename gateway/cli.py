@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="a config of simulated devices (default: built in)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _bench_parser(sub)
+    from gateway.tools import add_tool_commands  # read, scan, write
+
+    add_tool_commands(sub, _config_arg)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -68,15 +71,18 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bench = sub.add_parser(
         "bench", help="measure the real pipeline: throughput, CPU, memory, latency, drain, bytes",
         description="Runs `gateway run` with simulated devices against a real broker and counts every "
-                    "reading that arrives, by seq. Scenarios: load, saturation (4x the load), moderate "
-                    "(--devices x --points every 1 s), drain, wire (cbor and json), startup.",
+                    "reading that arrives, by seq; exits 1 if any reading was lost. Scenarios: load "
+                    "(--devices x --points every --interval), saturation (4x the load's devices), moderate "
+                    "(--devices x --points every 1 s), drain (a backlog built at the load's rate with the "
+                    "broker away, drained while the moderate load polls on), wire (cbor and json at the "
+                    "moderate load, at most 5 s each), startup.",
     )
     bench.add_argument("--scenario", default="all",
                        help="comma list of load,saturation,moderate,drain,wire,startup (default: all)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
-                       help="poll interval of the load scenario (default 10ms)")
+                       help="poll interval of the load, saturation and drain-fill devices (default 10ms)")
     bench.add_argument("--duration", type=_duration, default=10.0,
                        help="measuring window per scenario, after the warm-up (default 10s)")
     bench.add_argument("--warmup", type=_duration, default=2.0, help="warm-up before measuring (default 2s)")
@@ -139,7 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     from gateway.daemon import AlreadyRunning, Daemon
+    from gateway.secrets import warn_exposed_secrets
 
+    warn_exposed_secrets(config)
     try:
         return asyncio.run(Daemon(config).run())
     except AlreadyRunning as exc:
@@ -214,8 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup_logging(args.log_level)
     handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo, "bench": cmd_bench}
+    handler = handlers.get(args.command) or args.tool  # tools.add_tool_commands sets args.tool
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except KeyboardInterrupt:
         return 130
 

@@ -23,6 +23,7 @@ from gateway.reload import diff
 from gateway.scheduler import Scheduler
 from gateway.settings import Config
 from gateway.systemd import notify
+from gateway.watchdog import Watchdog, gateway_problem
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Daemon:
         self.reload_error: str | None = None
         self.restart_pending: list[str] = []
         self.control = ControlServer(self.data_dir / SOCKET_NAME, self._control)
+        self.watchdog = Watchdog(lambda: gateway_problem(self.scheduler, self._publisher_task))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -81,6 +83,7 @@ class Daemon:
             self.data_dir, "" if self.clean_start else " (the last run did not stop cleanly)",
         )
         notify("READY=1")
+        self.watchdog.start()  # heartbeats while the loop and every task run (WatchdogSec=)
         try:
             await self._stop.wait()
         finally:
@@ -93,6 +96,7 @@ class Daemon:
 
     async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
         notify("STOPPING=1")
+        await self.watchdog.stop()
         log.info("stopping: flushing the buffer and saying goodbye to the broker")
         deadline = time.monotonic() + STOP_BUDGET
         with contextlib.suppress(TimeoutError):
@@ -244,4 +248,9 @@ class Daemon:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd in ("read", "write"):
+            # `gateway read` / `write`: on this daemon's own driver and connection, under the bus lock.
+            from gateway.tools_daemon import run_tool_command
+
+            return await run_tool_command(self.scheduler.tasks, request)
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 
 from gateway.fields import Duration, Name
+from gateway.secrets import read_secret_file
 
 TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
 
@@ -29,6 +31,17 @@ class TlsSection(_Strict):
     cert_file: Path | None = None  # client certificate (mTLS), with key_file
     key_file: Path | None = None
 
+    @model_validator(mode="after")
+    def _files_readable(self) -> TlsSection:
+        # Checked here so `gateway check` finds a wrong path; TLS would only say "No such file".
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {name} {path}" + ("" if path.exists() else ": no such file"))
+        return self
+
 
 class MqttSection(_Strict):
     host: str = Field(min_length=1)
@@ -37,12 +50,38 @@ class MqttSection(_Strict):
     encoding: Literal["cbor", "json"] = "cbor"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None  # or: the password is the text of this file (read at each connect)
     client_id: str | None = None  # default: city-gateway-<gateway.id>
     keepalive: Duration = 30.0
     tls: TlsSection | None = None
     publish_timeout: Duration = 10.0  # a PUBACK later than this means the link is dead
     max_inflight: int = Field(default=20, ge=1, le=65535)  # messages awaiting PUBACK at once
     max_batch_readings: int = Field(default=1000, ge=1)  # readings per telemetry message at most
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                read_secret_file(path)
+            except OSError as exc:
+                raise ValueError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttSection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def secret_password(self) -> str | None:
+        """The password to log in with: ``password``, or the text of ``password_file`` read now."""
+        if self.password_file is not None:
+            try:
+                return read_secret_file(self.password_file)
+            except (OSError, ValueError) as exc:
+                raise OSError(f"cannot read mqtt.password_file {self.password_file}: {exc}") from None
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class BufferSection(_Strict):
@@ -57,6 +96,10 @@ class DeviceSection(_Strict):
     driver: Name
     interval: Duration = 1.0
     enabled: bool = True
+    # Report by exception: a number for every point, or per point {name: band}; a value is sent
+    # when it moved at least this much since it was last sent ...
+    deadband: Annotated[float, Field(ge=0)] | dict[Name, Annotated[float, Field(ge=0)]] | None = None
+    heartbeat: Duration | None = None  # ... or when this long has passed since (default: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +112,12 @@ class DeviceSpec:
     enabled: bool
     options: Any  # an instance of the driver's Config model
     raw: dict[str, Any]  # the entry as written (after ${ENV} substitution), for change detection
+    deadband: float | dict[str, float] | None = None
+    heartbeat: float | None = None
+
+    @property
+    def reports_by_exception(self) -> bool:
+        return self.deadband is not None or self.heartbeat is not None
 
 
 class RootSection(_Strict):
