@@ -163,7 +163,7 @@ class Bench:
         """Bytes on the wire per reading for each encoding, at the moderate load."""
         out: dict[str, Any] = {"ok": True}
         window = min(self.opts.duration, WIRE_WINDOW)
-        for encoding in ("cbor", "json"):
+        for encoding in ("cbor", "json", "packed"):
             run = self._steady(f"wire-{encoding}", [self.moderate_group()], encoding, window)
             out[encoding] = run
             out["ok"] = out["ok"] and run["ok"]

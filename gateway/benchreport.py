@@ -120,7 +120,7 @@ def _drain_rows(r: dict[str, Any]) -> list[Row]:
 
 def _wire_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for encoding in ("cbor", "json"):
+    for encoding in ("cbor", "json", "packed"):
         e = r.get(encoding)
         if not e or "wire_payload_bytes_per_reading" not in e:
             continue
@@ -154,7 +154,7 @@ def _check(r: dict[str, Any]) -> Row:
 
 def _wire_check(r: dict[str, Any]) -> tuple[str, str]:
     parts = [f"{enc}: {_num(r[enc]['produced'])} produced, {_num(r[enc]['missing'])} missing"
-             for enc in ("cbor", "json") if isinstance(r.get(enc), dict) and "produced" in r[enc]]
+             for enc in ("cbor", "json", "packed") if isinstance(r.get(enc), dict) and "produced" in r[enc]]
     return ("OK" if r.get("ok") else "LOST"), "; ".join(parts)
 
 

@@ -86,7 +86,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bench.add_argument("--duration", type=_duration, default=10.0,
                        help="measuring window per scenario, after the warm-up (default 10s)")
     bench.add_argument("--warmup", type=_duration, default=2.0, help="warm-up before measuring (default 2s)")
-    bench.add_argument("--encoding", choices=["cbor", "json"], default="cbor", help="telemetry encoding")
+    bench.add_argument("--encoding", choices=["cbor", "json", "packed"], default="cbor", help="telemetry encoding")
     bench.add_argument("--signals", default="counter,sine,random",
                        help="comma list of counter,sine,random, assigned to points round-robin")
     bench.add_argument("--commit-interval", type=_duration, default=1.0,

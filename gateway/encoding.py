@@ -22,8 +22,9 @@ from typing import Any, Literal
 import cbor2
 
 from gateway.model import StoredBatch
+from gateway.packed import ZLIB_FIRST_BYTE, decode_packed, encode_packed
 
-Encoding = Literal["cbor", "json"]
+Encoding = Literal["cbor", "json", "packed"]
 
 NOT_A_NUMBER = "not a number"
 
@@ -58,12 +59,15 @@ def readings_of(batches: Sequence[StoredBatch]) -> list[dict[str, Any]]:
 
 
 def encode_telemetry(
-    gateway_id: str, device: str, batches: Sequence[StoredBatch], fmt: Encoding = "cbor"
+    gateway_id: str, device: str, batches: Sequence[StoredBatch], fmt: Encoding = "cbor", *, compress: bool = False
 ) -> bytes:
     """One telemetry message for ``device`` carrying every reading of ``batches`` (all of that device).
 
-    ``fmt`` is ``"cbor"`` or ``"json"`` (compact, UTF-8). Raises ValueError for another format.
+    ``fmt`` is ``"cbor"``, ``"json"`` (compact, UTF-8) or ``"packed"`` (columnar CBOR, see
+    gateway.packed; ``compress`` deflates it). Raises ValueError for another format.
     """
+    if fmt == "packed":
+        return encode_packed(gateway_id, device, batches, compress=compress)
     doc = {"gateway": gateway_id, "device": device, "readings": readings_of(batches)}
     if fmt == "cbor":
         return cbor2.dumps(doc)
@@ -75,13 +79,19 @@ def encode_telemetry(
 def decode_telemetry(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a telemetry (or status) payload, telling JSON from CBOR by its first byte.
 
+    A packed message (deflated or not) comes back in the readable form.
+
     A JSON document starts with ``{`` (after optional white space); the CBOR map this module writes
     starts with a byte in 0xA0..0xBF, never with ``{`` (0x7B) or white space.
     """
     data = bytes(payload)
+    if data[:1] == bytes([ZLIB_FIRST_BYTE]):
+        return decode_packed(data)
     doc = json.loads(data) if data.lstrip()[:1] == b"{" else cbor2.loads(data)
     if not isinstance(doc, dict):
         raise ValueError(f"telemetry payload is a {type(doc).__name__}, not a map")
+    if doc.get("packed") == 1:
+        return decode_packed(data)
     return doc
 
 

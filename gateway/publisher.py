@@ -20,12 +20,14 @@ import json
 import logging
 import math
 import random
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError  # a refused CONNACK (not exported by the package)
 
 from gateway.encoding import encode_telemetry, messages_of
 from gateway.model import StoredBatch
@@ -40,6 +42,9 @@ TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying
 STATUS_MIN_GAP = 1.0  # status_changed() storms collapse into one publish per this many seconds
 LOG_EVERY = 20  # while the broker stays away, one reminder line per this many failed attempts
 STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
+# CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5
+# reach us as MQTT 5's reason codes)
+LOGIN_REFUSED = frozenset({4, 5, 134, 135})
 
 
 class LinkDead(Exception):
@@ -174,10 +179,10 @@ class Publisher:
         except aiomqtt.MqttError as exc:
             if entered:
                 raise
+            if paho_log.socket_error:  # the real reason (e.g. a TLS alert) beats the timeout it led to
+                raise LinkDead(f"connection lost before CONNACK: {paho_log.socket_error}") from exc
             if str(exc) == "Operation timed out":  # aiomqtt's words for "no CONNACK in time"
                 raise LinkDead(f"no CONNACK within {client.timeout:g} s") from exc
-            if paho_log.socket_error:
-                raise LinkDead(f"connection lost before CONNACK: {paho_log.socket_error}") from exc
             raise
         finally:
             _abandon(client)
@@ -188,7 +193,7 @@ class Publisher:
             m.host, m.port,
             identifier=self.client_id,
             username=m.username,
-            password=m.password.get_secret_value() if m.password is not None else None,
+            password=m.secret_password(),
             will=aiomqtt.Will(self.status_topic, _json(OFFLINE), qos=1, retain=True),
             clean_session=True,
             keepalive=max(1, round(m.keepalive)),
@@ -220,12 +225,16 @@ class Publisher:
             self._failures, self._logged_reason = 0, None
         self._good_since = None
         self._failures += 1
-        if reason == self._logged_reason:
+        if reason == self._logged_reason and not self._reported_up:  # after "connected", a loss is news
             if self._failures % LOG_EVERY == 0:
                 log.warning("broker still failing after %d attempts: %s", self._failures, reason)
             return
         if not _is_link_error(exc):  # a bug or a buffer failure, not the network: show where
             log.error("publisher failed: %s; retrying", reason, exc_info=exc)
+        elif any(_login_refused(e) for e in _leaves(exc)):  # a human must act: say what to check
+            log.error("broker %s:%d refused the login as %r (%s): check mqtt.username and the password;"
+                      " readings are kept in the buffer, retrying", self.mqtt.host, self.mqtt.port,
+                      self.mqtt.username, reason)
         elif self._reported_up:
             log.warning("broker lost: %s; readings are kept in the buffer", reason)
         else:
@@ -331,12 +340,13 @@ class _Session:
                 await pub._wake.wait()
                 continue
             for device, group in messages_of(batches, pub.mqtt.max_batch_readings):
-                payload = encode_telemetry(pub.gateway_id, device, group, pub.mqtt.encoding)
+                payload = encode_telemetry(pub.gateway_id, device, group, pub.mqtt.encoding, compress=pub.mqtt.compress)
                 # Take the window slot here, so the tasks start (and call paho) in creation order.
                 await self.window.acquire()
                 task = self.tg.create_task(self._send(device, group, payload))
                 self.sends.add(task)
                 task.add_done_callback(self.sends.discard)
+                await asyncio.sleep(0)  # a long backlog must not starve the poll loops of the event loop
             cursor = batches[-1].row
 
     async def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
@@ -363,13 +373,41 @@ def describe(exc: BaseException) -> str:
         exc = exc.__context__  # the goodbye failed too; the first failure is the reason
     leaves = _leaves(exc)
     first = next((e for e in leaves if isinstance(e, LinkDead)), leaves[0])
-    return str(first) or type(first).__name__
+    return tls_reason(str(first)) or type(first).__name__
+
+
+_SSL_ERROR = re.compile(r"\[SSL: (?P<code>\w+)\] (?P<text>.*?)\.? \(_ssl\.c:\d+\)")
+
+
+def tls_reason(message: str) -> str:
+    """``message`` with OpenSSL's words for a failed TLS handshake made plain, e.g.
+    ``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006)``
+    -> ``TLS: the broker's certificate was rejected: certificate has expired``."""
+    def plain(match: re.Match[str]) -> str:
+        code, text = match["code"], match["text"]
+        if code == "CERTIFICATE_VERIFY_FAILED":
+            text = text.removeprefix("certificate verify failed: ")
+            if "issuer" in text or "self-signed" in text or "self signed" in text:
+                text += " (not signed by a CA of mqtt.tls.ca_file, or of the system when ca_file is not set)"
+            return f"TLS: the broker's certificate was rejected: {text}"
+        if code.endswith("ALERT_CERTIFICATE_REQUIRED"):
+            return "TLS: the broker requires a client certificate (mqtt.tls.cert_file and key_file)"
+        if "ALERT" in code:
+            return f"TLS: the broker refused the handshake: {text}"
+        return f"TLS: {text}"
+
+    return _SSL_ERROR.sub(plain, message)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+def _login_refused(exc: BaseException) -> bool:
+    rc = getattr(exc, "rc", None)
+    return isinstance(exc, MqttConnectError) and getattr(rc, "value", rc) in LOGIN_REFUSED
 
 
 def _is_link_error(exc: BaseException) -> bool:

@@ -47,7 +47,8 @@ class MqttSection(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
     topic_prefix: TopicPrefix = "city"
-    encoding: Literal["cbor", "json"] = "cbor"
+    encoding: Literal["cbor", "json", "packed"] = "cbor"  # packed: columnar CBOR for metered links
+    compress: bool = False  # deflate packed messages (zlib)
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None  # or: the password is the text of this file (read at each connect)
@@ -67,6 +68,12 @@ class MqttSection(_Strict):
             except OSError as exc:
                 raise ValueError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
         return path
+
+    @model_validator(mode="after")
+    def _compress_needs_packed(self) -> MqttSection:
+        if self.compress and self.encoding != "packed":
+            raise ValueError("compress: true needs encoding: packed")
+        return self
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttSection:
