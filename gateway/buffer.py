@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 import cbor2
 
 from gateway.model import Batch, PointSet, StoredBatch
-from gateway.seqfile import load_marks, save_marks, set_aside
+from gateway.seqfile import fs_allowance, load_marks, save_marks, set_aside
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 CHECKPOINT_EVERY = 60  # commits between wal_checkpoint(TRUNCATE)
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 EVICT_CHUNK = 256
+# Bytes of the filesystem the database never grows into (the oldest rows are evicted instead): room
+# for the WAL (about JOURNAL_SIZE_LIMIT at most) and a catch-up commit, so acks can always be deleted.
+FS_RESERVE = 2 * JOURNAL_SIZE_LIMIT
+FS_SLACK = 1 << 20  # an eviction episode lasts until the database has this much room again
 # SQLite primary result codes that mean "this file cannot be used": IOERR, CORRUPT, NOTADB.
 _UNUSABLE_CODES = frozenset({10, 11, 26})
 
@@ -95,14 +99,17 @@ class _Counts:
     rows_added: int = 0
     evicted_now: int = 0  # readings evicted by the size cap in this commit
     unencodable: tuple[tuple[str, int, str], ...] = ()  # (device, readings, reason) dropped
+    fs_limited: bool = False  # this commit's eviction was for the filesystem, not for max_bytes
+    fs_headroom: int = 0  # bytes the database may still grow by on its filesystem
 
 
 class _Store:
     """The SQLite side of the buffer. Created, used and closed on the writer thread only."""
 
-    def __init__(self, data_dir: Path, max_bytes: int) -> None:
+    def __init__(self, data_dir: Path, max_bytes: int, fs_reserve: int = FS_RESERVE) -> None:
         """Open (or create) the database; a corrupt one is set aside and a fresh one started."""
         self.path, self.marks_path, self.max_bytes = data_dir / DB_NAME, data_dir / MARKS_NAME, max_bytes
+        self.fs_reserve, self.fs_limited, self.fs_headroom, self.fs_floor = fs_reserve, False, 0, 0
         self.ps_ids: dict[tuple[str, PointSet], int] = {}
         self.ps_info: dict[int, tuple[str, PointSet]] = {}
         self.next_seq: dict[str, int] = {}
@@ -198,7 +205,7 @@ class _Store:
         if self.commits % CHECKPOINT_EVERY == 0:
             self._checkpoint()
         return _Counts(self.pending, self.bytes, self.evicted, dict(self.next_seq), len(encoded),
-                       evicted_now, tuple(unencodable))
+                       evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom)
 
     def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], dict[str, int], list[Any]]:
         """Pack each batch and give it its seqs, in put order; set aside what CBOR cannot encode."""
@@ -230,7 +237,7 @@ class _Store:
     def _write(self, encoded: list[_Row], ps_ids: list[int], acks: Iterable[int],
                next_seq: dict[str, int], lost: int) -> tuple[int, int, int]:
         """The body of a commit transaction; returns the new pending, bytes and readings evicted."""
-        conn = self.conn
+        conn, stored = self.conn, self._live_bytes()
         conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [(self.next_row + i, ps_id, *rest)
                           for i, (ps_id, (_, _, *rest)) in enumerate(zip(ps_ids, encoded, strict=True))])
@@ -241,7 +248,7 @@ class _Store:
                                " length(v) + ifnull(length(e), 0)", (row,)).fetchone()
             if hit:
                 pending, size = pending - hit[0], size - hit[1]
-        evicted_n, evicted_b = self._evict(size)
+        evicted_n, evicted_b = self._evict(size, stored)
         pending, size = pending - evicted_n, size - evicted_b
         conn.executemany(_UPSERT_META, [
             ("pending", pending), ("bytes", size), ("evicted", self.evicted + lost + evicted_n),
@@ -256,21 +263,43 @@ class _Store:
         self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
         return ps_id
 
-    def _evict(self, size: int) -> tuple[int, int]:
-        """Delete the oldest rows until the payload fits in max_bytes; return readings, bytes."""
+    def _evict(self, size: int, stored: int) -> tuple[int, int]:
+        """Delete the oldest rows until the payload fits in max_bytes and the live pages in what the
+        filesystem can give, or in ``stored`` (live bytes before the commit) if that is more; return
+        readings, bytes. Evicted pages stay in the file for later commits: a filesystem filled by
+        anything else stops the growth without costing the rows already stored."""
         conn = self.conn
         readings = freed = last = 0
-        while size - freed > self.max_bytes:
+        allowed = fs_allowance(self.path, self.fs_reserve)
+        if allowed is None:  # cannot tell: only max_bytes applies
+            allowed = 1 << 62
+        elif allowed < stored:  # others took the room: hold what the file holds, no less (nor growth)
+            allowed = self.fs_floor = max(stored, self.fs_floor)
+        else:
+            self.fs_floor = 0
+        self.fs_limited = False
+        while True:
+            over, short = size - freed - self.max_bytes, self._live_bytes() - allowed
+            self.fs_headroom = -short
+            if over <= 0 and short <= 0:
+                break
+            self.fs_limited = self.fs_limited or short > over
             chunk = conn.execute("SELECT row, n, length(v) + ifnull(length(e), 0) FROM batch"
                                  " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
             if not chunk:
                 break
+            excess = max(over, short)  # a payload byte takes at least a byte of a page
             for row, n, nbytes in chunk:
-                readings, freed, last = readings + n, freed + nbytes, row
-                if size - freed <= self.max_bytes:
+                readings, freed, last, excess = readings + n, freed + nbytes, row, excess - nbytes
+                if excess <= 0:
                     break
             conn.execute("DELETE FROM batch WHERE row <= ?", (last,))
         return readings, freed
+
+    def _live_bytes(self) -> int:
+        """Bytes of the database's pages in use (its size less its free pages)."""
+        pages = [self.conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")]
+        return (pages[0] - pages[1]) * pages[2]
 
     def fetch(self, after_row: int, max_readings: int, skip: frozenset[int]) -> list[StoredBatch]:
         """Rows after ``after_row`` in row order, up to ``max_readings`` readings (at least one row)."""
@@ -303,9 +332,10 @@ class Buffer:
     """
 
     def __init__(self, data_dir: Path, *, max_bytes: int, commit_interval: float,
-                 max_pending_readings: int = 200_000) -> None:
+                 max_pending_readings: int = 200_000, fs_reserve: int = FS_RESERVE) -> None:
         self.on_commit: Callable[[], None] | None = None
-        self._data_dir, self._max_bytes = Path(data_dir), max_bytes
+        self.on_state_change: Callable[[], None] | None = None  # degraded <-> ok: republish the status
+        self._data_dir, self._max_bytes, self._fs_reserve = Path(data_dir), max_bytes, fs_reserve
         self._interval, self._max_pending = commit_interval, max_pending_readings
         self._store: _Store | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -330,7 +360,7 @@ class Buffer:
             raise RuntimeError("buffer already opened")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         try:
-            store = self._store = await self._run(_Store, self._data_dir, self._max_bytes)
+            store = self._store = await self._run(_Store, self._data_dir, self._max_bytes, self._fs_reserve)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -390,6 +420,14 @@ class Buffer:
         finally:
             self._executor.shutdown(wait=True)
             self._store, self._executor = None, None
+
+    def congested(self) -> bool:
+        """True while commits are succeeding but more than half the in-memory bound waits for them.
+
+        The scheduler then skips polls (counted as overruns) instead of making readings the buffer
+        would have to drop: past its capacity, the gateway reads less rather than losing more.
+        """
+        return self._state == "ok" and self._waiting_n + self._inflight_n > self._max_pending // 2
 
     def stats(self) -> BufferStats:
         """Counters from memory; cheap enough for every status report."""
@@ -462,9 +500,11 @@ class Buffer:
             self._dropping = False
             logger.warning("buffer: commits succeed again; stopped dropping readings")
         if done.evicted_now and not self._evicting:
-            logger.warning("buffer: over its %d-byte cap; evicting the oldest readings", self._max_bytes)
-        if done.rows_added:  # an eviction episode ends with a commit that added rows, evicting none
-            self._evicting = bool(done.evicted_now)
+            cap = (f"filesystem's limit (it keeps {self._fs_reserve >> 20} MB free)" if done.fs_limited
+                   else f"{self._max_bytes}-byte cap")
+            logger.warning("buffer: over its %s; evicting the oldest readings", cap)
+        if done.rows_added:  # an episode ends with a commit that added rows, evicted none, left room
+            self._evicting = bool(done.evicted_now) or (self._evicting and done.fs_headroom < FS_SLACK)
             try:
                 if self.on_commit is not None:
                     self.on_commit()
@@ -487,4 +527,7 @@ class Buffer:
             logger.error("buffer degraded: %s; keeping readings in memory and retrying", reason)
         elif state == "ok" and self._state == "degraded":
             logger.warning("buffer ok again: commits succeed")
+        changed = state != self._state
         self._state, self._reason = state, reason
+        if changed and self.on_state_change is not None:
+            self.on_state_change()

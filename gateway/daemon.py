@@ -48,7 +48,10 @@ class Daemon:
         self._lock_fd: int | None = None
         max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer(self.data_dir, max_bytes=max_bytes, commit_interval=config.buffer.commit_interval)
-        self.scheduler = Scheduler(sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir)
+        self.scheduler = Scheduler(
+            sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
+            congested=self.buffer.congested,
+        )
         self.publisher = self._new_publisher(config)
         self._publisher_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()

@@ -79,12 +79,14 @@ class DeviceTask:
         bus_lock: asyncio.Lock | None = None,
         shared: SharedPool | None = None,
         data_dir: Path | None = None,
+        congested: Callable[[], bool] | None = None,
     ) -> None:
         self.spec = spec
         self.health = DeviceHealth()
         info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool(), data_dir=data_dir)
         self.driver: Driver = driver_cls(spec.options, info)
         self._filter = _report_filter(spec, self.driver.points)
+        self._congested = congested or (lambda: False)
         self._sink = sink
         self._on_change = on_change
         self.bus_lock = bus_lock
@@ -122,6 +124,12 @@ class DeviceTask:
         failures = 0
         deadline = time.monotonic()
         while True:
+            if self._congested():  # the pipeline is past its capacity: skip this poll, count it
+                self.health.overruns += 1
+                deadline, missed = next_deadline(deadline, interval, time.monotonic())
+                self.health.overruns += missed
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                continue
             ok = await self._poll_once()
             now = time.monotonic()
             if ok:
@@ -209,10 +217,16 @@ class Scheduler:
     """Owns the device tasks; each can be started and stopped alone."""
 
     def __init__(
-        self, *, sink: Callable[[Batch], None], on_change: Callable[[], None], data_dir: Path | None = None
+        self,
+        *,
+        sink: Callable[[Batch], None],
+        on_change: Callable[[], None],
+        data_dir: Path | None = None,
+        congested: Callable[[], bool] | None = None,
     ) -> None:
         self._sink = sink
         self._data_dir = data_dir
+        self._congested = congested
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
         self._bus_locks: dict[str, asyncio.Lock] = {}
@@ -221,7 +235,8 @@ class Scheduler:
     def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
         """Create and start the task of one device."""
         task = DeviceTask(
-            spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared, data_dir=self._data_dir
+            spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared,
+            data_dir=self._data_dir, congested=self._congested,
         )
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())

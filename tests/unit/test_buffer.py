@@ -534,3 +534,15 @@ async def test_row_per_batch_and_point_names_stored_once(make: Callable[..., Any
         assert conn.execute("SELECT value FROM meta WHERE key = 'pending'").fetchone() == (500,)
         names = conn.execute("SELECT count(*) FROM batch WHERE instr(v, 'temp')").fetchone()
     assert names == (0,)
+
+
+async def test_congested_past_half_the_memory_bound_until_committed(make: Callable[..., Any]) -> None:
+    buf = await make(max_pending_readings=100)
+    for _ in range(10):
+        buf.put(batch(n=5))
+    assert not buf.congested()  # 50 waiting: at the half, not past it
+    buf.put(batch(n=5))
+    assert buf.congested()
+    await buf.flush()
+    assert not buf.congested()
+    assert buf.stats().evicted == 0
