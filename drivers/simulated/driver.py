@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import ClassVar, Literal
@@ -77,7 +78,7 @@ class SimulatedDriver:
 
     def _check_alive(self) -> None:
         flag = self._config.fail_flag
-        if flag is not None:
+        if flag is not None and os.path.exists(flag):  # a stat, not an exception, on every poll
             try:
                 with open(flag) as fh:
                     reason = fh.read().strip() or "simulated failure"
