@@ -1,5 +1,5 @@
-"""Files beside the buffer database: the per-device seq high-water marks, and setting a bad
-database file aside.
+"""Files beside the buffer database: the per-device seq high-water marks, setting a bad database
+file aside, and the room the filesystem leaves it.
 
 The buffer database can be lost (deleted, or moved aside because it is corrupt); these marks
 cannot, so a seq once committed is never handed to another reading. The file is replaced
@@ -72,3 +72,20 @@ def set_aside(db: Path, tag: str) -> Path | None:
     if moved:
         fsync_dir(db.parent)
     return base if moved else None
+
+
+def fs_allowance(db: Path, reserve: int) -> int | None:
+    """Bytes of pages the database ``db`` may use: what its filesystem has free, plus its own files
+    (database and WAL), less ``reserve``; may be negative. None when the sizes cannot be read.
+
+    Within that, the database file grows to at most the allowance plus one commit, and the WAL
+    (up to about its journal_size_limit) eats into the reserve, which must be larger.
+    """
+    try:
+        st = os.statvfs(db.parent)
+        on_disk = os.stat(db).st_size
+        wal = Path(f"{db}-wal")
+        wal_size = os.stat(wal).st_size if wal.exists() else 0
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize + on_disk + wal_size - reserve
