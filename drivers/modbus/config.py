@@ -72,8 +72,8 @@ class Point(_Strict):
     bit: int | None = Field(default=None, ge=0, le=15)  # bool: one bit of a register, 0 = least significant
     count: int | None = Field(default=None, ge=1, le=125)  # registers (or bits) the point occupies
     encoding: Literal["ascii", "latin-1"] | None = None  # string only; default ascii
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False)
     invalid_values: tuple[int | float, ...] = ()  # raw "no data" sentinels
     value_map: dict[MapKey, MapValue] | None = None  # raw value -> reported value
     unit: str | None = None

@@ -35,6 +35,7 @@ from gateway.driver import DeviceInfo, DriverError, Inspection, PointRow, WriteR
 from gateway.model import PointSet, PollResult
 
 # Exception codes by which a TCP gateway says the unit behind it did not answer.
+_READ_FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 _GATEWAY_NO_ANSWER = frozenset({10, 11})
 # Which counter a failed request adds to.
 _COUNTER_OF = {"timeout": "timeouts", "bad_frame": "crc_errors", "lost": "disconnects",
@@ -298,6 +299,12 @@ class ModbusDriver:
         response = await self._counted(
             link.read(block.table, block.start, block.count, unit=self._unit, timeout=self._timeout)
         )
+        expected = _READ_FUNCTION[block.table]
+        if not response.isError() and getattr(response, "function_code", expected) != expected:
+            # an answer to another request (some devices answer FC4 to FC3): never data
+            self._bump("bad_frames")
+            raise DriverError(f"bad answer from unit {self._unit} {self._where}: function "
+                              f"{response.function_code} to a request of function {expected}")
         if response.isError():
             self.counters["exceptions"] += 1
             if response.exception_code in _GATEWAY_NO_ANSWER:

@@ -103,8 +103,6 @@ async def test_each_bad_answer_fails_the_poll_in_time_and_the_next_poll_reads_ag
     assert isinstance(result, PollResult) and result.values == EXPECTED and not result.errors
 
 
-@pytest.mark.xfail(strict=True, reason="pymodbus accepts an answer of another function code (4 for 3, 2 for 1) and"
-                                       " the driver does not check it: needs a check in drivers/modbus/driver.py")
 async def test_answer_of_another_function_is_not_data(server: MisbehavingModbusServer, driver: ModbusDriver) -> None:
     server.set_mode("wrong_function")
     result, _ = await _poll(driver)
