@@ -70,6 +70,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         devices=devices,
         hash=config_hash(root, devices),
         source=source,
+        commands=root.commands,
     )
 
 
@@ -116,6 +117,7 @@ def config_hash(root: RootSection, devices: tuple[DeviceSpec, ...]) -> str:
         "gateway": root.gateway.model_dump(mode="json"),
         "mqtt": root.mqtt.model_dump(mode="json"),
         "buffer": root.buffer.model_dump(mode="json"),
+        "commands": root.commands.model_dump(mode="json"),
         "devices": [
             {
                 "name": d.name,

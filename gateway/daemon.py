@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import __version__, lastgood
 from gateway.buffer import Buffer
+from gateway.commands import Commands
 from gateway.config import ConfigFileError, load_config
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.driver import load_driver
@@ -52,6 +53,9 @@ class Daemon:
             sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
             congested=self.buffer.congested,
         )
+        # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
+        self.commands = Commands(self._run_command, remember=config.commands.remember_ids)
+        self.buffer.on_state_change = self._status_changed  # degraded / ok reaches the status at once
         self.publisher = self._new_publisher(config)
         self._publisher_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -85,6 +89,8 @@ class Daemon:
             self.config.gateway.id, __version__, enabled, self.config.mqtt.host, self.config.mqtt.port,
             self.data_dir, "" if self.clean_start else " (the last run did not stop cleanly)",
         )
+        if self.config.commands.enabled:
+            log.info("remote commands enabled: writes to writable points on %s", self.publisher.command_topic)
         notify("READY=1")
         self.watchdog.start()  # heartbeats while the loop and every task run (WatchdogSec=)
         try:
@@ -102,6 +108,7 @@ class Daemon:
         await self.watchdog.stop()
         log.info("stopping: flushing the buffer and saying goodbye to the broker")
         deadline = time.monotonic() + STOP_BUDGET
+        await self.commands.close(timeout=1.0)  # new ones are refused; a write under way may finish
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await self.scheduler.stop_all()
@@ -138,7 +145,14 @@ class Daemon:
         self.publisher.status_changed()
 
     def _new_publisher(self, config: Config) -> Publisher:
-        return Publisher(config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status)
+        return Publisher(config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status,
+                         on_command=self.commands.handle if config.commands.enabled else None)
+
+    async def _run_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A remote command's write: the same path as `gateway write` through the control socket."""
+        from gateway.tools_daemon import run_tool_command
+
+        return await run_tool_command(self.scheduler.tasks, request)
 
     def _spawn(self, factory: Any, name: str) -> None:
         task = asyncio.create_task(factory(), name=name)
@@ -181,7 +195,10 @@ class Daemon:
         for spec in [*change.changed, *change.added]:
             if spec.enabled:
                 self.scheduler.add(spec, load_driver(spec.driver))
-        if change.mqtt_changed:
+        self.commands.remember = new.commands.remember_ids
+        if change.mqtt_changed or new.commands.enabled != self.config.commands.enabled:
+            if new.commands.enabled != self.config.commands.enabled:
+                log.info("reload: remote commands %s", "enabled" if new.commands.enabled else "disabled")
             await self._renew_publisher(new)
         if change.restart_pending:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
@@ -236,6 +253,11 @@ class Daemon:
                 "connects": self.publisher.connects,
             },
             "devices": self._device_status(),
+            "commands": {
+                "enabled": self.config.commands.enabled,
+                "subscribed": self.publisher.commands_subscribed,
+                **self.commands.counters,
+            },
         }
 
     def _device_status(self) -> dict[str, dict[str, Any]]:

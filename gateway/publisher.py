@@ -23,7 +23,7 @@ import random
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import aiomqtt
@@ -45,6 +45,9 @@ STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count
 # CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5
 # reach us as MQTT 5's reason codes)
 LOGIN_REFUSED = frozenset({4, 5, 134, 135})
+MAX_COMMANDS = 32  # remote commands in progress per session; beyond that one is dropped (logged)
+# A remote command: (device, payload, retained) -> the result to publish (see gateway/commands.py)
+CommandHandler = Callable[[str, bytes, bool], Awaitable[dict[str, Any]]]
 
 
 class LinkDead(Exception):
@@ -87,7 +90,8 @@ class Publisher:
 
     def __init__(self, mqtt: MqttSection, *, gateway_id: str, buffer: BufferLike,
                  status: Callable[[], dict[str, Any]], backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0, status_period: float = 60.0) -> None:
+                 backoff_max: float = 60.0, status_period: float = 60.0,
+                 on_command: CommandHandler | None = None) -> None:
         self.mqtt = mqtt
         self.gateway_id = gateway_id
         self.client_id = mqtt.client_id or f"city-gateway-{gateway_id}"
@@ -97,6 +101,10 @@ class Publisher:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.status_period = status_period
+        # Remote commands (off when None): subscribed to after connecting, results to .../cmd/result
+        self.on_command = on_command
+        self.command_topic = f"{mqtt.topic_prefix}/{gateway_id}/+/cmd"
+        self._commands_session = 0  # the session (by self.connects) whose command subscription got a SUBACK
         self.messages_sent = self.readings_sent = self.connects = 0
         self.last_error: str | None = None
         self._buffer = buffer
@@ -116,6 +124,11 @@ class Publisher:
     def connected(self) -> bool:
         """True while a session with the broker is up (CONNACK received, not yet lost)."""
         return self._connected
+
+    @property
+    def commands_subscribed(self) -> bool:
+        """True while the current session is subscribed to remote commands."""
+        return self._connected and self.on_command is not None and self._commands_session == self.connects
 
     @property
     def failed_attempts(self) -> int:
@@ -272,6 +285,7 @@ class _Session:
         self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
         self.tg = asyncio.TaskGroup()
         self.sends: set[asyncio.Task[None]] = set()
+        self.commands: set[asyncio.Task[None]] = set()
         self.fetch_readings = max(4 * pub.mqtt.max_batch_readings, 1000)
 
     async def serve(self) -> None:
@@ -282,6 +296,8 @@ class _Session:
             pub._status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             pub._connected_ok()
+            if pub.on_command is not None:
+                await self._subscribe_commands()
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
                      self.tg.create_task(self._drain(), name="mqtt-drain")]
             await pub._stop_requested.wait()
@@ -290,14 +306,14 @@ class _Session:
             timeout = max(0.1, pub._stop_deadline - asyncio.get_running_loop().time())
             await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
                                 timeout=timeout)
-            for task in (*self.sends, watcher):  # PUBACKs come in order: the sends are done
+            for task in (*self.sends, *self.commands, watcher):  # PUBACKs come in order: the sends are done
                 task.cancel()
 
     async def _watch_link(self) -> None:
         """Fail the session the moment paho reports the link lost (publish() alone would not)."""
         try:
-            async for _message in self.client.messages:
-                pass  # nothing is subscribed; iterating is what surfaces the disconnect
+            async for message in self.client.messages:  # iterating is what surfaces the disconnect
+                self._command(message)  # only remote commands are subscribed to
         except aiomqtt.MqttError as exc:
             rc = getattr(exc.__cause__, "rc", None)
             if self.paho_log.socket_error:
@@ -305,6 +321,47 @@ class _Session:
             if getattr(rc, "value", 128) != 128:  # 128 is "Unspecified error": says nothing
                 raise LinkDead(f"connection lost: {rc}") from exc
             raise LinkDead("connection closed by the broker or the network") from exc
+
+    async def _subscribe_commands(self) -> None:
+        """Subscribe (QoS 1) to remote commands; a refusal (broker ACL) leaves them off, logged."""
+        pub = self.pub
+        try:
+            async with asyncio.timeout(pub.mqtt.publish_timeout):
+                granted = await self.client.subscribe(pub.command_topic, qos=1, timeout=math.inf)
+        except TimeoutError:
+            raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
+        code = granted[0] if granted else 128
+        if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
+            log.error("the broker refused the subscription to %s (its ACL?): no remote commands on this connection",
+                      pub.command_topic)
+            return
+        pub._commands_session = pub.connects
+        log.debug("subscribed to remote commands on %s", pub.command_topic)
+
+    def _command(self, message: aiomqtt.Message) -> None:
+        """Answer a remote command in a task of its own: the link watch and the drain never wait for it."""
+        pub = self.pub
+        if pub.on_command is None or not message.topic.matches(pub.command_topic):
+            return
+        topic = message.topic.value
+        if len(self.commands) >= MAX_COMMANDS:
+            log.warning("command on %r dropped unanswered: %d commands in progress", topic, len(self.commands))
+            return
+        device = topic[len(pub.command_topic) - len("+/cmd"):-len("/cmd")]
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+        task = self.tg.create_task(self._answer(device, payload, message.retain, f"{topic}/result"))
+        self.commands.add(task)
+        task.add_done_callback(self.commands.discard)
+
+    async def _answer(self, device: str, payload: bytes, retained: bool, topic: str) -> None:
+        assert self.pub.on_command is not None
+        try:
+            result = await self.pub.on_command(device, payload, retained)
+        except Exception:  # a bug in the handler must not end the session
+            log.exception("remote command for %r failed", device)
+            return
+        await self._publish(topic, _json(result))  # QoS 1, not retained
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
                        timeout: float | None = None, slot_taken: bool = False) -> None:

@@ -96,6 +96,13 @@ class BufferSection(_Strict):
     commit_interval: Duration = 1.0
 
 
+class CommandsSection(_Strict):
+    """Remote commands from the platform (see gateway/commands.py): off unless enabled."""
+
+    enabled: bool = False
+    remember_ids: int = Field(default=1000, ge=1, le=1_000_000)  # recent command ids kept to refuse repeats
+
+
 class DeviceSection(_Strict):
     """The keys of a device entry the core owns; the rest is validated by the driver's Config."""
 
@@ -133,6 +140,7 @@ class RootSection(_Strict):
     gateway: GatewaySection
     mqtt: MqttSection
     buffer: BufferSection = BufferSection()
+    commands: CommandsSection = CommandsSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
     # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
     # to this file's folder. Checked and merged by the loader.
@@ -153,3 +161,4 @@ class Config:
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # Set when this is the last good config, run because the config file was invalid: the reason.
     fallback: str | None = None
+    commands: CommandsSection = field(default_factory=CommandsSection)
