@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS pointset(
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, names_units BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS batch(
     row INTEGER PRIMARY KEY, ps INTEGER NOT NULL, seq0 INTEGER NOT NULL,
-    n INTEGER NOT NULL, ts INTEGER NOT NULL, v BLOB NOT NULL, e BLOB);
+    n INTEGER NOT NULL, ts INTEGER NOT NULL, v BLOB NOT NULL, e BLOB, c BLOB);
 INSERT OR IGNORE INTO meta
     VALUES ('format', 1), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1);
 COMMIT;
@@ -68,7 +68,8 @@ COMMIT;
 _UPSERT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 T = TypeVar("T")
-_Row = tuple[str, PointSet, int, int, int, bytes, bytes | None]  # device, points, seq0, n, ts, v, e
+# device, points, seq0, n, ts, v, e, c (c: the reading's clock while the wall clock was not synced)
+_Row = tuple[str, PointSet, int, int, int, bytes, bytes | None, bytes | None]
 _dumps = functools.partial(cbor2.dumps, canonical=True)  # canonical: shortest exact float
 
 
@@ -222,7 +223,8 @@ class _Store:
                 continue
             seq0 = next_seq.get(b.device, self.next_seq.get(b.device, FIRST_SEQ))
             next_seq[b.device] = seq0 + n
-            out.append((b.device, b.points, seq0, n, b.ts, v, e))
+            c = None if b.unsynced is None else _dumps(list(b.unsynced))
+            out.append((b.device, b.points, seq0, n, b.ts, v, e, c))
         return out, next_seq, unencodable
 
     def _reserve(self, next_seq: dict[str, int]) -> None:
@@ -238,7 +240,7 @@ class _Store:
                next_seq: dict[str, int], lost: int) -> tuple[int, int, int]:
         """The body of a commit transaction; returns the new pending, bytes and readings evicted."""
         conn, stored = self.conn, self._live_bytes()
-        conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(self.next_row + i, ps_id, *rest)
                           for i, (ps_id, (_, _, *rest)) in enumerate(zip(ps_ids, encoded, strict=True))])
         pending = self.pending + sum(r[3] for r in encoded)
@@ -306,16 +308,17 @@ class _Store:
         out: list[StoredBatch] = []
         total = 0
         cur = self.conn.execute(
-            "SELECT row, ps, seq0, n, ts, v, e FROM batch WHERE row > ? ORDER BY row", (after_row,))
+            "SELECT row, ps, seq0, n, ts, v, e, c FROM batch WHERE row > ? ORDER BY row", (after_row,))
         try:
-            for row, ps_id, seq0, n, ts, v, e in cur:
+            for row, ps_id, seq0, n, ts, v, e, c in cur:
                 if row in skip:
                     continue
                 if out and total + n > max_readings:
                     break
                 device, points = self.ps_info[ps_id]
                 out.append(StoredBatch(row, device, seq0, ts, points.names, points.units,
-                                       cbor2.loads(v), None if e is None else cbor2.loads(e)))
+                                       cbor2.loads(v), None if e is None else cbor2.loads(e),
+                                       None if c is None else tuple(cbor2.loads(c))))
                 total += n
                 if total >= max_readings:
                     break

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import __version__, lastgood
 from gateway.buffer import Buffer
+from gateway.clock import WallClock
 from gateway.commands import Commands
 from gateway.config import ConfigFileError, load_config
 from gateway.control import SOCKET_NAME, ControlServer
@@ -49,9 +50,11 @@ class Daemon:
         self._lock_fd: int | None = None
         max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer(self.data_dir, max_bytes=max_bytes, commit_interval=config.buffer.commit_interval)
+        clock = config.gateway.clock
+        self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold)
         self.scheduler = Scheduler(
             sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
-            congested=self.buffer.congested,
+            congested=self.buffer.congested, stamp=self.clock.stamp,
         )
         # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
         self.commands = Commands(self._run_command, remember=config.commands.remember_ids)
@@ -146,7 +149,7 @@ class Daemon:
 
     def _new_publisher(self, config: Config) -> Publisher:
         return Publisher(config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status,
-                         on_command=self.commands.handle if config.commands.enabled else None)
+                         on_command=self.commands.handle if config.commands.enabled else None, clock=self.clock)
 
     async def _run_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """A remote command's write: the same path as `gateway write` through the control socket."""
@@ -231,6 +234,7 @@ class Daemon:
             "started_ts": self.started_ts,
             "clean_start": self.clean_start,
             "config_hash": self.config.hash,
+            "clock": {"synced": self.clock.synced(), "check": self.clock.check},
             "config": {
                 "path": str(self.config.path),
                 "fallback": self.config.fallback,

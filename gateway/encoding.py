@@ -43,6 +43,7 @@ def readings_of(batches: Sequence[StoredBatch]) -> list[dict[str, Any]]:
         units = batch.units
         errors = batch.errors
         has_unit = any(u is not None for u in units)
+        unsynced = batch.unsynced is not None  # read before the clock synced, sent past the hold limit
         for i, value in enumerate(batch.values):
             reading = {"seq": seq + i, "ts": ts, "point": names[i], "value": value}
             if has_unit and (unit := units[i]) is not None:
@@ -54,6 +55,8 @@ def readings_of(batches: Sequence[StoredBatch]) -> list[dict[str, Any]]:
             elif isinstance(value, float_) and value - value:
                 reading["value"] = None
                 reading["error"] = NOT_A_NUMBER
+            if unsynced:
+                reading["synced"] = False
             append(reading)
     return out
 

@@ -36,6 +36,9 @@ class Batch:
     points: PointSet
     values: list[Any]
     errors: dict[int, str] | None = None
+    # Read while the wall clock was not synchronized: (monotonic ms, boot id) at the read, so the
+    # publisher can correct ``ts`` once the clock syncs. None when ``ts`` is trustworthy.
+    unsynced: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class StoredBatch:
     units: tuple[str | None, ...]
     values: list[Any]
     errors: dict[int, str] | None = None
+    unsynced: tuple[int, str] | None = None  # as in Batch
 
     def __len__(self) -> int:
         return len(self.values)

@@ -43,7 +43,10 @@ def encode_packed(gateway_id: str, device: str, batches: Sequence[StoredBatch], 
     for batch in batches:
         idx = _indexes(batch, index, names, units)
         values, errors = _clean(batch)
-        out.append([batch.seq0 - prev_seq, batch.ts - prev_ts, idx, values, errors])
+        entry = [batch.seq0 - prev_seq, batch.ts - prev_ts, idx, values, errors]
+        if batch.unsynced is not None:
+            entry.append(False)  # "synced": false on each of its readings
+        out.append(entry)
         prev_seq, prev_ts = batch.seq0 + len(batch.values), batch.ts
     doc = {"gateway": gateway_id, "device": device, "packed": 1, "points": names, "units": units, "batches": out}
     data = cbor2.dumps(doc, canonical=True)
@@ -88,7 +91,7 @@ def decode_packed(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     names, units = doc["points"], doc["units"]
     readings: list[dict[str, Any]] = []
     seq = ts = 0
-    for dseq, dts, idx, values, errors in doc["batches"]:
+    for dseq, dts, idx, values, errors, *synced in doc["batches"]:
         seq, ts = seq + dseq, ts + dts
         positions = idx if idx is not None else range(len(values))
         for k, (at, value) in enumerate(zip(positions, values, strict=True)):
@@ -97,6 +100,8 @@ def decode_packed(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
                 reading["unit"] = units[at]
             if errors and k in errors:
                 reading["error"] = errors[k]
+            if synced:
+                reading["synced"] = False
             readings.append(reading)
         seq += len(values)
     return {"gateway": doc["gateway"], "device": doc["device"], "readings": readings}

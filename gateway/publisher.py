@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError  # a refused CONNACK (not exported by the package)
 
+from gateway.clock import WallClock
 from gateway.encoding import encode_telemetry, messages_of
 from gateway.model import StoredBatch
 from gateway.settings import MqttSection, TlsSection
@@ -41,6 +42,7 @@ OFFLINE: dict[str, Any] = {"schema": 1, "state": "offline"}
 TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying goodbye
 STATUS_MIN_GAP = 1.0  # status_changed() storms collapse into one publish per this many seconds
 LOG_EVERY = 20  # while the broker stays away, one reminder line per this many failed attempts
+HOLD_RECHECK = 1.0  # seconds between looks at the clock while readings are held back
 STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
 # CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5
 # reach us as MQTT 5's reason codes)
@@ -91,8 +93,9 @@ class Publisher:
     def __init__(self, mqtt: MqttSection, *, gateway_id: str, buffer: BufferLike,
                  status: Callable[[], dict[str, Any]], backoff_initial: float = 1.0,
                  backoff_max: float = 60.0, status_period: float = 60.0,
-                 on_command: CommandHandler | None = None) -> None:
+                 on_command: CommandHandler | None = None, clock: WallClock | None = None) -> None:
         self.mqtt = mqtt
+        self.clock = clock or WallClock("off")
         self.gateway_id = gateway_id
         self.client_id = mqtt.client_id or f"city-gateway-{gateway_id}"
         self.status_topic = f"{mqtt.topic_prefix}/{gateway_id}/status"
@@ -392,9 +395,14 @@ class _Session:
         cursor = 0  # a new connection resends whatever is still un-acked
         while True:
             pub._wake.clear()
-            batches = await pub._buffer.fetch(cursor, self.fetch_readings)
+            fetched = await pub._buffer.fetch(cursor, self.fetch_readings)
+            batches = pub.clock.release(fetched)  # readings of an unsynced clock wait for it
             if not batches:
-                await pub._wake.wait()
+                if fetched:  # held back: look again when the clock may have synced
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(pub._wake.wait(), HOLD_RECHECK)
+                else:
+                    await pub._wake.wait()
                 continue
             for device, group in messages_of(batches, pub.mqtt.max_batch_readings):
                 payload = encode_telemetry(pub.gateway_id, device, group, pub.mqtt.encoding, compress=pub.mqtt.compress)

@@ -80,8 +80,10 @@ class DeviceTask:
         shared: SharedPool | None = None,
         data_dir: Path | None = None,
         congested: Callable[[], bool] | None = None,
+        stamp: Callable[[], tuple[int, str] | None] | None = None,
     ) -> None:
         self.spec = spec
+        self._stamp = stamp or (lambda: None)
         self.health = DeviceHealth()
         info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool(), data_dir=data_dir)
         self.driver: Driver = driver_cls(spec.options, info)
@@ -157,9 +159,9 @@ class DeviceTask:
         self.health.polls += 1
         self.health.last_read_ts = ts
         if self._filter is None:
-            self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors))
+            self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors, self._stamp()))
         elif picked := self._filter.apply(result.values, result.errors, time.monotonic()):
-            self._sink(Batch(self.spec.name, ts, *picked))
+            self._sink(Batch(self.spec.name, ts, *picked, self._stamp()))
         if self.health.state != "ok":
             if self.health.state == "error":
                 log.warning("device %s is back", self.spec.name)
@@ -223,10 +225,12 @@ class Scheduler:
         on_change: Callable[[], None],
         data_dir: Path | None = None,
         congested: Callable[[], bool] | None = None,
+        stamp: Callable[[], tuple[int, str] | None] | None = None,
     ) -> None:
         self._sink = sink
         self._data_dir = data_dir
         self._congested = congested
+        self._stamp = stamp
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
         self._bus_locks: dict[str, asyncio.Lock] = {}
@@ -236,7 +240,7 @@ class Scheduler:
         """Create and start the task of one device."""
         task = DeviceTask(
             spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared,
-            data_dir=self._data_dir, congested=self._congested,
+            data_dir=self._data_dir, congested=self._congested, stamp=self._stamp,
         )
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())

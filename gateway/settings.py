@@ -19,9 +19,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ClockSection(_Strict):
+    """How to tell whether the wall clock is right (boards without a real-time clock); see gateway.clock."""
+
+    check: Literal["auto", "timesyncd", "kernel", "off"] = "auto"
+    hold: Duration = 600.0  # unsynced readings wait this long for the clock, then go out marked
+    synced_file: Path = Path("/run/systemd/timesync/synchronized")
+
+
 class GatewaySection(_Strict):
     id: Name
     data_dir: Path = Path("/var/lib/gateway")
+    clock: ClockSection = ClockSection()
 
 
 class TlsSection(_Strict):

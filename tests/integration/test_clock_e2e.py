@@ -1,0 +1,62 @@
+"""Readings taken before the clock synced: held back, then sent with corrected ts, or marked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import Mosquitto, Subscriber, telemetry
+from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[GatewayProcess]]:
+    made: list[GatewayProcess] = []
+    yield made
+    for gw in made:
+        gw.cleanup()
+
+
+def _start(tmp_path: Path, port: int, hold: str, gateways: list[GatewayProcess]) -> tuple[GatewayProcess, Path]:
+    flag = tmp_path / "timesync" / "synchronized"
+    flag.parent.mkdir()
+    config: dict[str, Any] = base_config(tmp_path / "data", port)
+    config["gateway"]["clock"] = {"check": "timesyncd", "synced_file": str(flag), "hold": hold}
+    config["devices"] = [{"name": "d", "driver": "simulated", "interval": "50ms",
+                          "points": [{"name": "n", "signal": "counter"}]}]
+    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), tmp_path / "data")
+    gateways.append(gw)
+    return gw.start(), flag
+
+
+def test_held_until_the_clock_syncs_then_all_arrive_in_order(
+    tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], gateways: list[GatewayProcess]
+) -> None:
+    sub = subscribe("city/gw-test/d/telemetry")
+    started = time.time() * 1000
+    gw, flag = _start(tmp_path, mosquitto.port, "1h", gateways)
+    status = gw.wait_status(lambda s: s["broker"]["connected"] and s["devices"]["d"]["seq"] >= 20)
+    assert status["clock"] == {"synced": False, "check": "timesyncd"}
+    assert telemetry(sub.messages) == []  # nothing went out with an untrustworthy ts
+    flag.touch()
+    last = gw.wait_status(lambda s: s["clock"]["synced"])["devices"]["d"]["seq"]
+    msgs = sub.wait_for(lambda ms: {r["seq"] for d in telemetry(ms) for r in d["readings"]} >= set(range(1, last + 1)))
+    readings = sorted((r for d in telemetry(msgs) for r in d["readings"]), key=lambda r: r["seq"])
+    assert [r["seq"] for r in readings[:last]] == list(range(1, last + 1))
+    assert all("synced" not in r for r in readings)
+    ts = [r["ts"] for r in readings[:last]]
+    assert ts == sorted(ts) and started - 1000 <= ts[0] <= ts[-1] <= time.time() * 1000
+    assert "NOT synchronized" in gw.log()
+
+
+def test_past_the_hold_limit_readings_go_out_marked_unsynced(
+    tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], gateways: list[GatewayProcess]
+) -> None:
+    sub = subscribe("city/gw-test/d/telemetry")
+    _start(tmp_path, mosquitto.port, "1s", gateways)
+    msgs = sub.wait_for(lambda ms: len(telemetry(ms)) > 0, timeout=20)
+    assert all(r["synced"] is False for d in telemetry(msgs) for r in d["readings"])
