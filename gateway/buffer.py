@@ -5,17 +5,7 @@ batches and the acks go to the database in one fsynced transaction, on the one w
 owns the only connection. Seqs are assigned in that transaction; the per-device high-water marks
 in ``seq.json`` are raised first, so a seq never stands for two readings, even if the file is lost.
 
-On disk (``buffer.db``, WAL mode, synchronous=FULL)::
-
-    meta(key TEXT PRIMARY KEY, value INTEGER)  -- format, pending, bytes, evicted, next_row,
-                                               -- and "seq:<device>": the device's next seq
-    pointset(id INTEGER PRIMARY KEY, device TEXT, names_units BLOB)   -- cbor [names, units]
-    batch(row INTEGER PRIMARY KEY, ps INTEGER, seq0 INTEGER, n INTEGER, ts INTEGER,
-          v BLOB, e BLOB)                      -- cbor values; cbor errors or NULL
-
-A row is one batch; its device and point names live once in ``pointset``. A commit dirties few
-pages (the last batch page, and meta): what it writes to flash is mostly the payload. Row ids come
-from meta's next_row, so they keep growing when the table empties and ``after_row`` skips nothing.
+The SQLite side (schema, commits, eviction, recovery) is gateway.store.
 """
 
 from __future__ import annotations
@@ -23,55 +13,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import cbor2
-
-from gateway.model import Batch, PointSet, StoredBatch
-from gateway.seqfile import fs_allowance, load_marks, save_marks, set_aside
+from gateway.model import Batch, StoredBatch
+from gateway.store import FIRST_SEQ, FS_RESERVE, FS_SLACK, _Counts, _Store
 
 logger = logging.getLogger(__name__)
 
-DB_NAME = "buffer.db"
-MARKS_NAME = "seq.json"
-FORMAT = 1
-FIRST_SEQ = 1  # a device's first reading; next_seq - 1 is then "the last seq committed" (0: none)
-SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
-CHECKPOINT_EVERY = 60  # commits between wal_checkpoint(TRUNCATE)
-JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
-EVICT_CHUNK = 256
-# Bytes of the filesystem the database never grows into (the oldest rows are evicted instead): room
-# for the WAL (about JOURNAL_SIZE_LIMIT at most) and a catch-up commit, so acks can always be deleted.
-FS_RESERVE = 2 * JOURNAL_SIZE_LIMIT
-FS_SLACK = 1 << 20  # an eviction episode lasts until the database has this much room again
-# SQLite primary result codes that mean "this file cannot be used": IOERR, CORRUPT, NOTADB.
-_UNUSABLE_CODES = frozenset({10, 11, 26})
-
-_SCHEMA = """
-BEGIN;
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pointset(
-    id INTEGER PRIMARY KEY, device TEXT NOT NULL, names_units BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS batch(
-    row INTEGER PRIMARY KEY, ps INTEGER NOT NULL, seq0 INTEGER NOT NULL,
-    n INTEGER NOT NULL, ts INTEGER NOT NULL, v BLOB NOT NULL, e BLOB, c BLOB);
-INSERT OR IGNORE INTO meta
-    VALUES ('format', 1), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1);
-COMMIT;
-"""
-_UPSERT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-
 T = TypeVar("T")
-# device, points, seq0, n, ts, v, e, c (c: the reading's clock while the wall clock was not synced)
-_Row = tuple[str, PointSet, int, int, int, bytes, bytes | None, bytes | None]
-_dumps = functools.partial(cbor2.dumps, canonical=True)  # canonical: shortest exact float
-
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
@@ -83,248 +37,6 @@ class BufferStats:
     evicted: int  # readings evicted (cap) or dropped (disk stalled) since the buffer was created
     bytes: int  # payload bytes stored
     recovered_corrupt: int  # corrupt database files moved aside in this run
-
-
-class _CorruptError(sqlite3.DatabaseError):
-    """The database opened but failed its integrity check."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Counts:
-    """The store's counters after open or a commit, and what that commit did."""
-
-    pending: int = 0
-    bytes: int = 0
-    evicted: int = 0
-    next_seq: dict[str, int] = field(default_factory=dict)
-    rows_added: int = 0
-    evicted_now: int = 0  # readings evicted by the size cap in this commit
-    unencodable: tuple[tuple[str, int, str], ...] = ()  # (device, readings, reason) dropped
-    fs_limited: bool = False  # this commit's eviction was for the filesystem, not for max_bytes
-    fs_headroom: int = 0  # bytes the database may still grow by on its filesystem
-
-
-class _Store:
-    """The SQLite side of the buffer. Created, used and closed on the writer thread only."""
-
-    def __init__(self, data_dir: Path, max_bytes: int, fs_reserve: int = FS_RESERVE) -> None:
-        """Open (or create) the database; a corrupt one is set aside and a fresh one started."""
-        self.path, self.marks_path, self.max_bytes = data_dir / DB_NAME, data_dir / MARKS_NAME, max_bytes
-        self.fs_reserve, self.fs_limited, self.fs_headroom, self.fs_floor = fs_reserve, False, 0, 0
-        self.ps_ids: dict[tuple[str, PointSet], int] = {}
-        self.ps_info: dict[int, tuple[str, PointSet]] = {}
-        self.next_seq: dict[str, int] = {}
-        self.marks: dict[str, int] = {}
-        self.pending = self.bytes = self.evicted = self.commits = self.next_row = 0
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists() and (orphan := set_aside(self.path, "orphan")):
-            logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
-        self.recovered = False
-        try:
-            self.conn = self._connect()
-        except sqlite3.DatabaseError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if not isinstance(exc, _CorruptError) and code not in _UNUSABLE_CODES:
-                raise
-            aside = set_aside(self.path, "corrupt")
-            logger.error("buffer database %s is unusable (%s): moved aside to %s; started a fresh one,"
-                         " its unsent readings are not forwarded", self.path, exc, aside)
-            self.recovered = True
-            self.conn = self._connect()
-        self._reconcile_marks()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None)  # autocommit: we BEGIN/COMMIT
-        try:
-            self._load(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _load(self, conn: sqlite3.Connection) -> None:
-        self.ps_ids, self.ps_info = {}, {}  # forget what a bad file held
-        if (mode := conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
-            raise sqlite3.OperationalError(f"cannot use WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-        if (problems := [r[0] for r in conn.execute("PRAGMA quick_check(3)")]) != ["ok"]:
-            raise _CorruptError("; ".join(problems))
-        conn.executescript(_SCHEMA)
-        meta = dict(conn.execute("SELECT key, value FROM meta"))
-        if meta["format"] != FORMAT:
-            raise RuntimeError(f"{self.path}: unknown buffer format {meta['format']}")
-        self.pending, self.bytes, self.evicted = meta["pending"], meta["bytes"], meta["evicted"]
-        self.next_row = meta["next_row"]
-        self.next_seq = {key[4:]: seq for key, seq in meta.items() if key.startswith("seq:")}
-        for ps_id, device, blob in conn.execute("SELECT id, device, names_units FROM pointset"):
-            try:
-                points = PointSet(*(tuple(x) for x in cbor2.loads(blob)))
-            except (cbor2.CBORError, ValueError, TypeError) as exc:
-                raise _CorruptError(f"point set {ps_id} unreadable: {exc}") from exc
-            self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
-
-    def _reconcile_marks(self) -> None:
-        """Continue seqs above the marks for devices the database does not know; rebuild marks."""
-        marks = load_marks(self.marks_path)
-        lost = {dev: seq for dev, seq in (marks or {}).items() if dev not in self.next_seq}
-        if lost:
-            with self.conn:  # autocommit mode: the context manager does BEGIN ... COMMIT
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany(_UPSERT_META, [(f"seq:{dev}", seq) for dev, seq in lost.items()])
-            self.next_seq.update(lost)
-            logger.warning("buffer: %d devices missing from the database; their seq continues from"
-                           " the high-water marks in %s", len(lost), self.marks_path)
-        self.marks = (marks or {}) | {d: max(s, (marks or {}).get(d, 0)) for d, s in self.next_seq.items()}
-        if marks != self.marks:
-            save_marks(self.marks_path, self.marks)
-
-    def close(self) -> None:
-        """Checkpoint the WAL into the database file and close the connection."""
-        self._checkpoint()
-        self.conn.close()
-
-    def _checkpoint(self) -> None:
-        try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # the commit itself is safe; the next checkpoint retries
-            logger.debug("buffer: checkpoint failed: %s", exc)
-
-    def commit(self, batches: Sequence[Batch], acks: Iterable[int], dropped: int) -> _Counts:
-        """Store ``batches`` with their seqs, delete ``acks``, add ``dropped`` to evicted: one txn."""
-        encoded, next_seq, unencodable = self._encode(batches)
-        self._reserve(next_seq)
-        ps_ids = [self.ps_ids.get((dev, ps)) or self._add_pointset(dev, ps) for dev, ps, *_ in encoded]
-        lost = dropped + sum(n for _, n, _ in unencodable)
-        with self.conn:  # COMMIT, or ROLLBACK on any error (also when COMMIT itself fails)
-            self.conn.execute("BEGIN IMMEDIATE")
-            pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost)
-        self.next_seq.update(next_seq)
-        self.next_row += len(encoded)
-        self.pending, self.bytes, self.evicted = pending, size, self.evicted + lost + evicted_now
-        self.commits += 1
-        if self.commits % CHECKPOINT_EVERY == 0:
-            self._checkpoint()
-        return _Counts(self.pending, self.bytes, self.evicted, dict(self.next_seq), len(encoded),
-                       evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom)
-
-    def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], dict[str, int], list[Any]]:
-        """Pack each batch and give it its seqs, in put order; set aside what CBOR cannot encode."""
-        out: list[_Row] = []
-        next_seq: dict[str, int] = {}
-        unencodable: list[tuple[str, int, str]] = []
-        for b in batches:
-            n = len(b.values)
-            try:
-                v = _dumps(b.values)
-                e = None if b.errors is None else _dumps(b.errors)
-            except (cbor2.CBORError, ValueError, TypeError) as exc:
-                unencodable.append((b.device, n, str(exc)))
-                continue
-            seq0 = next_seq.get(b.device, self.next_seq.get(b.device, FIRST_SEQ))
-            next_seq[b.device] = seq0 + n
-            c = None if b.unsynced is None else _dumps(list(b.unsynced))
-            out.append((b.device, b.points, seq0, n, b.ts, v, e, c))
-        return out, next_seq, unencodable
-
-    def _reserve(self, next_seq: dict[str, int]) -> None:
-        """Raise the marks in seq.json (fsynced) before a commit would use seqs above them."""
-        over = {dev: seq for dev, seq in next_seq.items() if seq > self.marks.get(dev, 0)}
-        if over:
-            marks = dict(self.marks)
-            marks.update({dev: seq + SEQ_RESERVE for dev, seq in over.items()})
-            save_marks(self.marks_path, marks)
-            self.marks = marks
-
-    def _write(self, encoded: list[_Row], ps_ids: list[int], acks: Iterable[int],
-               next_seq: dict[str, int], lost: int) -> tuple[int, int, int]:
-        """The body of a commit transaction; returns the new pending, bytes and readings evicted."""
-        conn, stored = self.conn, self._live_bytes()
-        conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         [(self.next_row + i, ps_id, *rest)
-                          for i, (ps_id, (_, _, *rest)) in enumerate(zip(ps_ids, encoded, strict=True))])
-        pending = self.pending + sum(r[3] for r in encoded)
-        size = self.bytes + sum(len(r[5]) + len(r[6] or b"") for r in encoded)
-        for row in acks:
-            hit = conn.execute("DELETE FROM batch WHERE row = ? RETURNING n,"
-                               " length(v) + ifnull(length(e), 0)", (row,)).fetchone()
-            if hit:
-                pending, size = pending - hit[0], size - hit[1]
-        evicted_n, evicted_b = self._evict(size, stored)
-        pending, size = pending - evicted_n, size - evicted_b
-        conn.executemany(_UPSERT_META, [
-            ("pending", pending), ("bytes", size), ("evicted", self.evicted + lost + evicted_n),
-            ("next_row", self.next_row + len(encoded)), *((f"seq:{d}", s) for d, s in next_seq.items())])
-        return pending, size, evicted_n
-
-    def _add_pointset(self, device: str, points: PointSet) -> int:
-        """Store a device's new point set once, in its own (autocommit) transaction."""
-        blob = _dumps([list(points.names), list(points.units)])
-        ps_id = self.conn.execute("INSERT INTO pointset(device, names_units) VALUES (?, ?)",
-                                  (device, blob)).lastrowid or 0
-        self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
-        return ps_id
-
-    def _evict(self, size: int, stored: int) -> tuple[int, int]:
-        """Delete the oldest rows until the payload fits in max_bytes and the live pages in what the
-        filesystem can give, or in ``stored`` (live bytes before the commit) if that is more; return
-        readings, bytes. Evicted pages stay in the file for later commits: a filesystem filled by
-        anything else stops the growth without costing the rows already stored."""
-        conn = self.conn
-        readings = freed = last = 0
-        allowed = fs_allowance(self.path, self.fs_reserve)
-        if allowed is None:  # cannot tell: only max_bytes applies
-            allowed = 1 << 62
-        elif allowed < stored:  # others took the room: hold what the file holds, no less (nor growth)
-            allowed = self.fs_floor = max(stored, self.fs_floor)
-        else:
-            self.fs_floor = 0
-        self.fs_limited = False
-        while True:
-            over, short = size - freed - self.max_bytes, self._live_bytes() - allowed
-            self.fs_headroom = -short
-            if over <= 0 and short <= 0:
-                break
-            self.fs_limited = self.fs_limited or short > over
-            chunk = conn.execute("SELECT row, n, length(v) + ifnull(length(e), 0) FROM batch"
-                                 " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
-            if not chunk:
-                break
-            excess = max(over, short)  # a payload byte takes at least a byte of a page
-            for row, n, nbytes in chunk:
-                readings, freed, last, excess = readings + n, freed + nbytes, row, excess - nbytes
-                if excess <= 0:
-                    break
-            conn.execute("DELETE FROM batch WHERE row <= ?", (last,))
-        return readings, freed
-
-    def _live_bytes(self) -> int:
-        """Bytes of the database's pages in use (its size less its free pages)."""
-        pages = [self.conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")]
-        return (pages[0] - pages[1]) * pages[2]
-
-    def fetch(self, after_row: int, max_readings: int, skip: frozenset[int]) -> list[StoredBatch]:
-        """Rows after ``after_row`` in row order, up to ``max_readings`` readings (at least one row)."""
-        out: list[StoredBatch] = []
-        total = 0
-        cur = self.conn.execute(
-            "SELECT row, ps, seq0, n, ts, v, e, c FROM batch WHERE row > ? ORDER BY row", (after_row,))
-        try:
-            for row, ps_id, seq0, n, ts, v, e, c in cur:
-                if row in skip:
-                    continue
-                if out and total + n > max_readings:
-                    break
-                device, points = self.ps_info[ps_id]
-                out.append(StoredBatch(row, device, seq0, ts, points.names, points.units,
-                                       cbor2.loads(v), None if e is None else cbor2.loads(e),
-                                       None if c is None else tuple(cbor2.loads(c))))
-                total += n
-                if total >= max_readings:
-                    break
-        finally:
-            cur.close()
-        return out
 
 
 class Buffer:

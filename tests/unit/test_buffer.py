@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from gateway import buffer as buffer_mod
-from gateway.buffer import SEQ_RESERVE, Buffer, _Store
+from gateway import store as buffer_mod
+from gateway.buffer import Buffer
 from gateway.model import Batch, PointSet, StoredBatch
+from gateway.store import SEQ_RESERVE, _Store
 
 POINTS = PointSet(("temp", "hum", "ok", "label", "raw"), ("degC", "%", None, None, None))
 NEVER = 3600.0  # commit interval for tests that commit by flush() only
