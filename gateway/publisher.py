@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import random
-import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,7 +31,8 @@ from aiomqtt.exceptions import MqttConnectError  # a refused CONNACK (not export
 from gateway.clock import WallClock
 from gateway.encoding import encode_telemetry, messages_of
 from gateway.model import StoredBatch
-from gateway.settings import MqttSection, TlsSection
+from gateway.settings import MqttSection
+from gateway.tls import tls_context, tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -422,16 +422,6 @@ class _Session:
         self.pub.readings_sent += sum(len(b.values) for b in group)
 
 
-def tls_context(tls: TlsSection) -> ssl.SSLContext:
-    """A client TLS context that always verifies the server certificate and host name."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    return ctx
-
-
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed session: a LinkDead if there is one, else the first leaf."""
     if isinstance(exc, aiomqtt.MqttError) and isinstance(exc.__context__, BaseExceptionGroup | LinkDead):
@@ -439,29 +429,6 @@ def describe(exc: BaseException) -> str:
     leaves = _leaves(exc)
     first = next((e for e in leaves if isinstance(e, LinkDead)), leaves[0])
     return tls_reason(str(first)) or type(first).__name__
-
-
-_SSL_ERROR = re.compile(r"\[SSL: (?P<code>\w+)\] (?P<text>.*?)\.? \(_ssl\.c:\d+\)")
-
-
-def tls_reason(message: str) -> str:
-    """``message`` with OpenSSL's words for a failed TLS handshake made plain, e.g.
-    ``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006)``
-    -> ``TLS: the broker's certificate was rejected: certificate has expired``."""
-    def plain(match: re.Match[str]) -> str:
-        code, text = match["code"], match["text"]
-        if code == "CERTIFICATE_VERIFY_FAILED":
-            text = text.removeprefix("certificate verify failed: ")
-            if "issuer" in text or "self-signed" in text or "self signed" in text:
-                text += " (not signed by a CA of mqtt.tls.ca_file, or of the system when ca_file is not set)"
-            return f"TLS: the broker's certificate was rejected: {text}"
-        if code.endswith("ALERT_CERTIFICATE_REQUIRED"):
-            return "TLS: the broker requires a client certificate (mqtt.tls.cert_file and key_file)"
-        if "ALERT" in code:
-            return f"TLS: the broker refused the handshake: {text}"
-        return f"TLS: {text}"
-
-    return _SSL_ERROR.sub(plain, message)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
