@@ -25,6 +25,9 @@ class PollResult:
 
     values: list[Any]
     errors: dict[int, str] | None = None
+    # The points this poll read, when not all of the driver's ``points`` (e.g. slow points read only
+    # every Nth poll); ``values`` and ``errors`` then follow this set's order.
+    points: PointSet | None = None
 
 
 @dataclass(frozen=True, slots=True)

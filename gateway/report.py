@@ -25,23 +25,28 @@ class ReportFilter:
         self._last_error: list[str | None] = [None] * n
         self._sent_at: list[float] = [-math.inf] * n
         self._subsets: dict[tuple[int, ...], PointSet] = {}
+        self._index = {name: i for i, name in enumerate(points.names)}
 
     def apply(
-        self, values: list[Any], errors: dict[int, str] | None, now: float
+        self, points: PointSet, values: list[Any], errors: dict[int, str] | None, now: float
     ) -> tuple[PointSet, list[Any], dict[int, str] | None] | None:
-        """The points to send out of one poll (``now`` on the monotonic clock); None if none."""
-        keep = [i for i in range(len(values)) if self._due(i, values[i], (errors or {}).get(i), now)]
+        """The points to send out of one poll (``now`` on the monotonic clock); None if none.
+
+        ``points`` is what the poll read: the device's points, or a subset of them in their order.
+        """
+        pos = range(len(values)) if points is self.points else [self._index[name] for name in points.names]
+        errors = errors or {}
+        keep = [k for k in range(len(values)) if self._due(pos[k], values[k], errors.get(k), now)]
         if not keep:
             return None
-        for i in keep:
-            self._last[i] = values[i]
-            self._last_error[i] = (errors or {}).get(i)
-            self._sent_at[i] = now
-        if len(keep) == len(values):
-            return self.points, values, errors
-        subset = self._subset(tuple(keep))
-        sub_errors = {k: errors[i] for k, i in enumerate(keep) if i in errors} if errors else None
-        return subset, [values[i] for i in keep], sub_errors or None
+        for k in keep:
+            i = pos[k]
+            self._last[i], self._last_error[i], self._sent_at[i] = values[k], errors.get(k), now
+        if len(keep) == len(self.points.names):
+            return self.points, values, errors or None
+        subset = self._subset(tuple(pos[k] for k in keep))
+        sub_errors = {j: errors[k] for j, k in enumerate(keep) if k in errors}
+        return subset, [values[k] for k in keep], sub_errors or None
 
     def _due(self, i: int, value: Any, error: str | None, now: float) -> bool:
         if now - self._sent_at[i] >= self._heartbeat or error != self._last_error[i]:

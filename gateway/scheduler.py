@@ -158,9 +158,10 @@ class DeviceTask:
         ts = int(time.time() * 1000)
         self.health.polls += 1
         self.health.last_read_ts = ts
+        points = result.points or self.driver.points
         if self._filter is None:
-            self._sink(Batch(self.spec.name, ts, self.driver.points, result.values, result.errors, self._stamp()))
-        elif picked := self._filter.apply(result.values, result.errors, time.monotonic()):
+            self._sink(Batch(self.spec.name, ts, points, result.values, result.errors, self._stamp()))
+        elif picked := self._filter.apply(points, result.values, result.errors, time.monotonic()):
             self._sink(Batch(self.spec.name, ts, *picked, self._stamp()))
         if self.health.state != "ok":
             if self.health.state == "error":

@@ -15,6 +15,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.support.broker import Mosquitto, Subscriber  # noqa: E402
+from tests.support.serial_pty import SerialPty  # noqa: E402
 
 
 @pytest.fixture
@@ -50,3 +51,13 @@ def subscribe(mosquitto: Mosquitto) -> Iterator[Callable[..., Subscriber]]:
     finally:
         for sub in subscribers:
             sub.close()
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[SerialPty]:
+    """A socat pty pair (``.a``, ``.b``): a serial line of this test alone, always stopped at the end."""
+    line = SerialPty(tmp_path / "line").start()
+    try:
+        yield line
+    finally:
+        line.stop()

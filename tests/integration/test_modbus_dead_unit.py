@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,6 @@ pytestmark = pytest.mark.integration
 INTERVAL = 0.1
 TIMEOUT = 0.05
 UNITS = (1, 2, 3)
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    line = SerialPty(tmp_path).start()
-    try:
-        yield line
-    finally:
-        line.stop()
 
 
 @pytest.fixture

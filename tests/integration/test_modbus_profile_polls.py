@@ -7,8 +7,6 @@ map against itself through the driver's code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +23,6 @@ pytestmark = pytest.mark.integration
 
 PROFILES = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
 UNIT = 7
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    line = SerialPty(tmp_path).start()
-    try:
-        yield line
-    finally:
-        line.stop()
 
 
 def sample(point: dict[str, Any], order: str, i: int) -> tuple[list[int], Any]:

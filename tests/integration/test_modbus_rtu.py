@@ -7,7 +7,7 @@ one connection through a SharedPool, as the daemon's devices do.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,6 @@ TIMEOUT = 0.2
 UNITS = (1, 2, 3)
 
 MakeDriver = Callable[..., Awaitable[ModbusDriver]]
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    line = SerialPty(tmp_path).start()
-    try:
-        yield line
-    finally:
-        line.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ own encoder, not the driver's. A refused write must leave the request log empty.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -182,15 +181,6 @@ async def test_a_silent_unit_times_out(server: ModbusTestServer, make_driver: Ma
 
 
 # --- over an RTU line ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    line = SerialPty(tmp_path).start()
-    try:
-        yield line
-    finally:
-        line.stop()
-
 
 async def test_writes_over_rtu_reach_only_their_unit(pty: SerialPty, make_driver: MakeDriver) -> None:
     bus = ModbusTestServer(units=(1, 2), transport="rtu", serial_port=str(pty.a), coil=[(0, 16)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,6 @@ pytestmark = pytest.mark.integration
 
 PMS = [11, 22, 33, 12, 23, 34, 3000, 900, 200, 40, 5, 1]
 MakeDriver = Callable[..., Awaitable[Any]]
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    pair = SerialPty(tmp_path / "line").start()
-    yield pair
-    pair.stop()
 
 
 @pytest.fixture

@@ -71,15 +71,6 @@ async def tcp_server() -> AsyncIterator[ModbusTestServer]:
 
 
 @pytest.fixture
-def pty(tmp_path: Path) -> Iterator[SerialPty]:
-    line = SerialPty(tmp_path).start()
-    try:
-        yield line
-    finally:
-        line.stop()
-
-
-@pytest.fixture
 async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
     server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a))
     for unit in ABSENT:

@@ -22,43 +22,43 @@ def _filter(heartbeat: float | None = None) -> ReportFilter:
 
 def test_first_poll_sends_everything_then_only_what_moved() -> None:
     f = _filter()
-    assert f.apply([20.0, 1.0, "open"], None, 0.0) == (POINTS, [20.0, 1.0, "open"], None)
-    assert f.apply([20.4, 1.0, "open"], None, 1.0) is None  # temp within its band, the rest unchanged
-    points, values, errors = f.apply([20.5, 1.0, "open"], None, 2.0)  # 0.5 from the last *sent* value
+    assert f.apply(POINTS, [20.0, 1.0, "open"], None, 0.0) == (POINTS, [20.0, 1.0, "open"], None)
+    assert f.apply(POINTS, [20.4, 1.0, "open"], None, 1.0) is None  # temp within its band, the rest unchanged
+    points, values, errors = f.apply(POINTS, [20.5, 1.0, "open"], None, 2.0)  # 0.5 from the last *sent* value
     assert points.names == ("temp",) and points.units == ("C",) and values == [20.5] and errors is None
-    points, values, _ = f.apply([20.6, 1.01, "closed"], None, 3.0)  # no band on level: any change
+    points, values, _ = f.apply(POINTS, [20.6, 1.01, "closed"], None, 3.0)  # no band on level: any change
     assert points.names == ("level", "state") and values == [1.01, "closed"]
 
 
 def test_drift_below_the_band_is_measured_from_the_last_sent_value() -> None:
     f = _filter()
-    f.apply([20.0, 1.0, "a"], None, 0.0)
+    f.apply(POINTS, [20.0, 1.0, "a"], None, 0.0)
     for k, v in enumerate([20.2, 20.4]):
-        assert f.apply([v, 1.0, "a"], None, 1.0 + k) is None
-    assert f.apply([20.6, 1.0, "a"], None, 5.0)[1] == [20.6]
+        assert f.apply(POINTS, [v, 1.0, "a"], None, 1.0 + k) is None
+    assert f.apply(POINTS, [20.6, 1.0, "a"], None, 5.0)[1] == [20.6]
 
 
 def test_heartbeat_resends_quiet_points() -> None:
     f = _filter(heartbeat=60.0)
-    f.apply([20.0, 1.0, "a"], None, 0.0)
-    assert f.apply([20.0, 1.0, "a"], None, 59.9) is None
-    assert f.apply([20.0, 1.0, "a"], None, 60.0) == (POINTS, [20.0, 1.0, "a"], None)
+    f.apply(POINTS, [20.0, 1.0, "a"], None, 0.0)
+    assert f.apply(POINTS, [20.0, 1.0, "a"], None, 59.9) is None
+    assert f.apply(POINTS, [20.0, 1.0, "a"], None, 60.0) == (POINTS, [20.0, 1.0, "a"], None)
 
 
 def test_errors_are_sent_when_they_start_and_stop_and_with_the_heartbeat() -> None:
     f = _filter(heartbeat=100.0)
-    f.apply([20.0, 1.0, "a"], None, 0.0)
-    points, values, errors = f.apply([None, 1.0, "a"], {0: "exception 2"}, 1.0)
+    f.apply(POINTS, [20.0, 1.0, "a"], None, 0.0)
+    points, values, errors = f.apply(POINTS, [None, 1.0, "a"], {0: "exception 2"}, 1.0)
     assert points.names == ("temp",) and values == [None] and errors == {0: "exception 2"}
-    assert f.apply([None, 1.0, "a"], {0: "exception 2"}, 2.0) is None
-    assert f.apply([20.0, 1.0, "a"], None, 3.0)[0].names == ("temp",)  # back: sent even within band
+    assert f.apply(POINTS, [None, 1.0, "a"], {0: "exception 2"}, 2.0) is None
+    assert f.apply(POINTS, [20.0, 1.0, "a"], None, 3.0)[0].names == ("temp",)  # back: sent even within band
 
 
 def test_subset_point_sets_are_reused() -> None:
     f = _filter()
-    f.apply([20.0, 1.0, "a"], None, 0.0)
-    first = f.apply([21.0, 1.0, "a"], None, 1.0)[0]
-    second = f.apply([22.0, 1.0, "a"], None, 2.0)[0]
+    f.apply(POINTS, [20.0, 1.0, "a"], None, 0.0)
+    first = f.apply(POINTS, [21.0, 1.0, "a"], None, 1.0)[0]
+    second = f.apply(POINTS, [22.0, 1.0, "a"], None, 2.0)[0]
     assert first is second
 
 
@@ -103,3 +103,12 @@ devices:
         assert str(exc) == f"{path}:7: devices[0].deadband.tmep: no point 'tmep' in this device (did you mean 'temp'?)"
     else:
         raise AssertionError("an unknown point in deadband was accepted")
+
+
+def test_a_partial_poll_is_filtered_against_the_full_point_set() -> None:
+    f = _filter()
+    f.apply(POINTS, [20.0, 1.0, "a"], None, 0.0)
+    slow = PointSet(("level", "state"), ("m", None))  # a poll that read only some points
+    assert f.apply(slow, [1.0, "a"], None, 1.0) is None
+    points, values, errors = f.apply(slow, [1.5, "a"], {1: "timeout"}, 2.0)
+    assert points.names == ("level", "state") and values == [1.5, "a"] and errors == {1: "timeout"}
