@@ -179,10 +179,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.data_dir:
         data_dir = Path(args.data_dir)
     else:
-        config = _load(args.config)
-        if config is None:
+        # Only the data directory is needed: no secrets, no full validation (the daemon may be
+        # running a config whose ${MQTT_PASSWORD} this shell does not have).
+        from gateway.lastgood import DEFAULT_DATA_DIR, data_dir_of
+
+        if not Path(args.config).is_file():
+            print(f"gateway: {args.config}: file not found (or give --data-dir)", file=sys.stderr)
             return EXIT_BAD_CONFIG
-        data_dir = Path(config.gateway.data_dir)
+        data_dir = data_dir_of(args.config) or DEFAULT_DATA_DIR
     try:
         answer = request(data_dir / SOCKET_NAME, {"cmd": "status"})
     except ConnectionError as exc:

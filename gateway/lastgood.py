@@ -56,7 +56,7 @@ def candidates(config_path: str | Path) -> list[Path]:
     $STATE_DIRECTORY; the default /var/lib/gateway.
     """
     found: list[Path] = []
-    data_dir = _data_dir_of(config_path)
+    data_dir = data_dir_of(config_path)
     if data_dir is not None:
         found.append(data_dir)
     for state in os.environ.get("STATE_DIRECTORY", "").split(":"):
@@ -78,7 +78,7 @@ def find(config_path: str | Path) -> Path | None:
     return None
 
 
-def _data_dir_of(config_path: str | Path) -> Path | None:
+def data_dir_of(config_path: str | Path) -> Path | None:
     """The data_dir a broken config file names, if it can be made out at all."""
     try:
         with open(config_path, errors="replace") as fh:

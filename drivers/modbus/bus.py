@@ -229,6 +229,7 @@ class Link:
         self._link_errors = (ConnectionException, OSError)
         client = _new_client(self.connection, self._name, self._trace_packet)
         _watch_frames(client, self._count_bad_frame)
+        _guard_frames(client, self._count_bad_frame)
         self._readers = {table: getattr(client, method) for table, method in _READERS.items()}
         self._writers = {function: getattr(client, method) for function, method in _WRITERS.items()}
         return client
@@ -279,6 +280,29 @@ def _new_client(conn: LinkConnection, name: str, trace_packet: Callable[[bool, b
     if isinstance(conn, RtuOverTcpConnection):
         return AsyncModbusTcpClient(conn.host, port=conn.port, framer=FramerType.RTU, **common)
     return AsyncModbusTcpClient(conn.host, port=conn.port, **common)
+
+
+def _guard_frames(client: Any, on_bad: Callable[[], None]) -> None:
+    """Make an undecodable answer a dropped frame, not an exception inside asyncio's callback.
+
+    pymodbus raises from its receive callback on an unknown function code, a lying byte count, or
+    (ASCII) non-hex text; asyncio then logs a traceback per frame and the request times out anyway.
+    Here the bytes are consumed, the frame counted as bad, and the request times out quietly.
+    """
+    framer = getattr(getattr(client, "ctx", None), "framer", None)
+    handle = getattr(framer, "handleFrame", None)
+    if handle is None:
+        return
+
+    def guarded(data: bytes, *args: Any) -> tuple[int, Any]:
+        try:
+            return handle(data, *args)
+        except Exception as exc:  # any decode failure of what the line carried
+            log.debug("link: undecodable frame dropped: %s", exc)
+            on_bad()
+            return len(data), None
+
+    framer.handleFrame = guarded
 
 
 def _watch_frames(client: Any, on_bad: Callable[[], None]) -> None:

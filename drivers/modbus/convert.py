@@ -120,9 +120,10 @@ def _finite(scale: float, offset: float) -> Convert:
     identity = scale == 1 and offset == 0
 
     def convert(raw: float) -> float:
-        if not isfinite(raw):
+        value = raw if identity else raw * scale + offset
+        if not isfinite(value):  # NaN or inf as sent, or a huge float that overflows its scale
             raise PointValueError(NOT_A_NUMBER)
-        return raw if identity else raw * scale + offset
+        return value
 
     return convert
 

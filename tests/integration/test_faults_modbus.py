@@ -131,9 +131,6 @@ async def test_random_garbage_for_many_polls_never_escapes_the_driver(
     assert isinstance(result, PollResult) and result.values == EXPECTED
 
 
-@pytest.mark.xfail(strict=True, reason="pymodbus raises ModbusIOException inside data_received for an undecodable"
-                                       " frame; asyncio logs it with a traceback, per frame: needs a guard in"
-                                       " drivers/modbus/bus.py")
 async def test_undecodable_frame_logs_no_traceback(
     server: MisbehavingModbusServer, driver: ModbusDriver, caplog: pytest.LogCaptureFixture
 ) -> None:
