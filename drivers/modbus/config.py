@@ -80,6 +80,7 @@ class Point(_Strict):
     writable: bool = False  # holding registers and coils only; see encode.py
     min: float | None = None  # writes: the lowest value accepted, in engineering units
     max: float | None = None  # writes: the highest
+    every: int = Field(default=1, ge=1)  # read on every Nth poll of the device only (polls 0, N, 2N, ...)
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +227,10 @@ class ModbusConfig(_Strict):
             if point.name in seen:
                 raise ValueError(f"duplicate point name {point.name!r}")
             seen.add(point.name)
+        if all(point.every > 1 for point in self.points):
+            # Some polls would read nothing; a slower device interval says the same plainly.
+            raise ValueError("every point has every > 1: give at least one point every: 1 "
+                             "(or raise the device's interval instead)")
         return self
 
 

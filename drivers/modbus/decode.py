@@ -33,7 +33,7 @@ The other layouts fit the same unpack: ``int8``/``uint8`` are one byte of a regi
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from math import isfinite
 from typing import Any
@@ -125,17 +125,19 @@ def plan_reads(
     max_gap: int = 16,
     max_registers: int = MAX_REGISTERS,
     max_bits: int = MAX_BITS,
+    only: Collection[int] | None = None,
 ) -> list[Block]:
     """Group points per table, sorted by address, into as few blocks as the limits allow.
 
     Two neighbours share a block when at most ``max_gap`` unused addresses lie between them and
     the block stays within ``max_registers`` (register tables) or ``max_bits`` (bit tables).
     Blocks come out in table order (holding, input, coil, discrete), then by address.
+    ``only``: plan just these point indices (the blocks still index the whole ``points``).
     """
     blocks: list[Block] = []
     for table in TABLE_ORDER:
         indices = sorted(
-            (i for i, p in enumerate(points) if p.table == table),
+            (i for i, p in enumerate(points) if p.table == table and (only is None or i in only)),
             key=lambda i: (points[i].address, points[i].span),
         )
         if not indices:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -48,6 +49,8 @@ class ModbusDriver:
     Points are read in as few requests as the plan allows (see ``decode.plan_reads``). An
     exception response fails only the points of its request; an "illegal data address" on a
     coalesced request splits it into one request per point, for this and every later poll.
+    Points with ``every: N`` are read on every Nth poll only: each combination of due points has
+    its own plan (built on first use, split on its own); ``inspect`` reads every point.
     No valid answer at all (timeout, bad CRC, connection refused or lost, serial port gone,
     gateway exception 10/11) raises DriverError; the next poll opens the connection again.
 
@@ -93,6 +96,11 @@ class ModbusDriver:
         self._busy = asyncio.Lock()  # one poll, write or inspect of this device at a time
         self._index = {p.name: i for i, p in enumerate(self._points)}
         self._raw: dict[int, str] | None = None  # while inspecting: the raw data of each point read
+        # Slow points (``every: N``): the distinct N > 1, and per phase (which of them are due) its
+        # plan, built on first use. The full phase's plan is ``self._blocks`` itself.
+        self._every = tuple(sorted({p.every for p in self._points} - {1}))
+        self._plans: dict[tuple[int, ...], _Plan] = {self._every: _Plan(self._blocks)}
+        self._phase = 0  # polls so far: poll k reads the points with k % every == 0
 
     @classmethod
     def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[tuple[str, str]]:
@@ -129,18 +137,30 @@ class ModbusDriver:
         await self._counted(self._acquire().open(self._timeout))
 
     async def poll(self) -> PollResult:
-        """Read every point once; raises DriverError when the unit gave no valid answer."""
+        """Read the points due; raises DriverError when the unit gave no valid answer.
+
+        A point with ``every: N`` is due on polls 0, N, 2N, ... of this driver. When some point is
+        not due, the result names the points read (``points``); its values and errors follow them.
+        """
         async with self._busy:
             started = time.monotonic()
             self.counters["polls"] += 1
+            phase, self._phase = self._phase, self._phase + 1
+            plan = self._plan(tuple(n for n in self._every if phase % n == 0))
             try:
                 link = self._acquire()
                 await self._counted(link.open(self._timeout))
                 values: list[Any] = [None] * len(self._points)
                 errors: dict[int, str] = {}
-                for block in tuple(self._blocks):
-                    await self._read_block(link, block, values, errors)
-                return PollResult(values, errors or None)
+                for block in tuple(plan.blocks):
+                    await self._read_block(link, block, values, errors, plan.blocks)
+                if plan.indices is None:
+                    return PollResult(values, errors or None)
+                return PollResult(
+                    [values[i] for i in plan.indices],
+                    {plan.position[i]: reason for i, reason in errors.items()} or None,
+                    points=plan.points,
+                )
             finally:
                 self.counters["last_poll_seconds"] = round(time.monotonic() - started, 6)
 
@@ -209,6 +229,25 @@ class ModbusDriver:
                 self._link = self._device.shared.acquire(self.bus, lambda: Link(conn, name=self.bus or ""))
         return self._link
 
+    def _plan(self, due: tuple[int, ...]) -> _Plan:
+        """The plan of a phase where the slow points with ``every`` in ``due`` are due (built once)."""
+        plan = self._plans.get(due)
+        if plan is None:
+            indices = tuple(i for i, p in enumerate(self._points) if p.every == 1 or p.every in due)
+            blocks = plan_reads(
+                self._points,
+                max_gap=self._config.max_gap,
+                max_registers=self._config.max_registers,
+                max_bits=self._config.max_bits,
+                only=frozenset(indices),
+            )
+            subset = PointSet(
+                names=tuple(self.points.names[i] for i in indices),
+                units=tuple(self.points.units[i] for i in indices),
+            )
+            plan = self._plans[due] = _Plan(blocks, indices, subset, {i: j for j, i in enumerate(indices)})
+        return plan
+
     def _point_index(self, name: str) -> int:
         index = self._index.get(name)
         if index is None:
@@ -271,7 +310,11 @@ class ModbusDriver:
     def _bump(self, counter: str) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + 1
 
-    async def _read_block(self, link: Link, block: Block, values: list[Any], errors: dict[int, str]) -> None:
+    async def _read_block(
+        self, link: Link, block: Block, values: list[Any], errors: dict[int, str], plan: list[Block] | None = None
+    ) -> None:
+        """Read ``block`` into ``values``/``errors``; a split is remembered in ``plan`` (default: the full plan)."""
+        plan = self._blocks if plan is None else plan
         response = await self._request(link, block)
         if not response.isError():
             if self._raw is not None:
@@ -286,11 +329,11 @@ class ModbusDriver:
             # Some address inside the coalesced range is not served: read point by point from now
             # on, so only the points really at fault report an error.
             parts = split_block(self._points, block)
-            if block in self._blocks:
-                where = self._blocks.index(block)
-                self._blocks[where : where + 1] = parts
+            if block in plan:
+                where = plan.index(block)
+                plan[where : where + 1] = parts
             for part in parts:
-                await self._read_block(link, part, values, errors)
+                await self._read_block(link, part, values, errors, plan)
             return
         fail_block(block, exception_text(code), errors)
 
@@ -320,6 +363,16 @@ class ModbusDriver:
         except LinkError as exc:
             self.counters[_COUNTER_OF.get(exc.kind, "disconnects")] += 1
             raise
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The reads of one phase: its blocks (split in place after a hole) and, for a subset, which points."""
+
+    blocks: list[Block]
+    indices: tuple[int, ...] | None = None  # the points read, by index; None: all of them
+    points: PointSet | None = None  # their names and units
+    position: dict[int, int] = field(default_factory=dict)  # point index -> position in ``indices``
 
 
 def _keep_raw(points: Sequence[Any], block: Block, response: Any, raw: dict[int, str]) -> None:
