@@ -15,6 +15,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.support.broker import Mosquitto, Subscriber  # noqa: E402
+from tests.support.gateway_proc import GatewayProcess  # noqa: E402
 from tests.support.serial_pty import SerialPty  # noqa: E402
 
 
@@ -61,3 +62,12 @@ def pty(tmp_path: Path) -> Iterator[SerialPty]:
         yield line
     finally:
         line.stop()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[GatewayProcess]]:
+    """Append each GatewayProcess a test starts; any still running at the end is killed."""
+    made: list[GatewayProcess] = []
+    yield made
+    for gw in made:
+        gw.cleanup()

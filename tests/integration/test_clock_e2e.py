@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.broker import Mosquitto, Subscriber, telemetry
 from tests.support.gateway_proc import GatewayProcess, base_config, write_config
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
 
 
 def _start(tmp_path: Path, port: int, hold: str, gateways: list[GatewayProcess]) -> tuple[GatewayProcess, Path]:

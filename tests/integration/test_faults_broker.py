@@ -51,14 +51,6 @@ def auth_broker(tmp_path: Path) -> Iterator[AuthMosquitto]:
         broker.stop()
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
-
-
 def _gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
     gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
     gateways.append(gw)

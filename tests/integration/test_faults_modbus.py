@@ -144,14 +144,6 @@ async def test_undecodable_frame_logs_no_traceback(
 # -- in the daemon ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
-
-
 def test_daemon_survives_every_bad_answer_and_the_other_device_keeps_flowing(
     tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber],
     gateways: list[GatewayProcess], server: MisbehavingModbusServer,

@@ -14,7 +14,7 @@ Bounded in-memory queues, and what happens when each is full:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.integration
 MAX_GROWTH_KB = 5 * 1024
 OUTAGES = 2  # after the warm-up
 CAUGHT_UP = 6000  # pending readings once a backlog is sent: about two commit intervals of polls
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
 
 
 def test_memory_stays_flat_through_outages_and_failures(

@@ -48,14 +48,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"no size-limited filesystem on this machine: {exc}")
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
-
-
 def _gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
     gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
     gateways.append(gw)

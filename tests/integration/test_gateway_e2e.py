@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,6 @@ SAMPLE = {
     "int64": -1234567890123456789, "uint64": 12345678901234567890, "float32": 123.456, "float64": -9876.54321,
 }
 WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4, "float32": 2, "float64": 4}
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for gw in made:
-        gw.cleanup()
 
 
 def _sim_device(name: str, interval: str, flag: Path) -> dict[str, Any]:
