@@ -30,6 +30,22 @@ def render(status: dict[str, Any]) -> str:
         f"buffer   {buf.get('state')}  pending {buf.get('pending')} readings, {buf.get('bytes')} bytes, "
         f"evicted {buf.get('evicted')}" + (f"  ({buf['reason']})" if buf.get("reason") else ""),
     ]
+    clock = status.get("clock") or {}
+    if clock and not clock.get("synced", True):
+        lines.append(f"clock    NOT synchronized (check: {clock.get('check')}): readings are held back until it is")
+    config = status.get("config") or {}
+    if config.get("fallback"):
+        lines.append(f"config   FALLBACK: {config['fallback']}")
+    if config.get("reload_error"):
+        first = str(config["reload_error"]).splitlines()[0]
+        lines.append(f"config   last reload refused: {first}")
+    if config.get("restart_pending"):
+        lines.append(f"config   changes to {', '.join(config['restart_pending'])} wait for a restart")
+    commands = status.get("commands") or {}
+    if commands.get("enabled"):
+        lines.append(f"commands enabled, {'subscribed' if commands.get('subscribed') else 'NOT subscribed'}: "
+                     f"{commands.get('ok', 0)} ok, {commands.get('refused', 0)} refused, "
+                     f"{commands.get('failed', 0)} failed")
     devices = status.get("devices", {})
     width = max((len(name) for name in devices), default=6)
     for name, dev in sorted(devices.items()):
