@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from tests.support.broker import LOOPBACK, Mosquitto, Received, first_arrivals, telemetry
 
@@ -68,7 +68,76 @@ def bit_value(address: int) -> bool:
     return address % 3 == 0
 
 
-class MisbehavingModbusServer:
+class _TcpTestServer:
+    """A threaded TCP listener on 127.0.0.1 that tracks its sockets and threads, for fault servers.
+
+    Subclasses handle each accepted connection in ``_accepted`` (on the accept thread) and register
+    the sockets they open in ``_socks``, so ``stop()`` can shut every one down.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._socks: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Listen (on the same port again after a stop) and accept in a thread."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, self.port))
+        sock.listen(16)
+        self.port = sock.getsockname()[1]
+        self._listener = sock
+        self._spawn(self._accept_loop)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; join the threads."""
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=type(self).__name__, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self._socks.add(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class MisbehavingModbusServer(_TcpTestServer):
     """A Modbus TCP server on 127.0.0.1 that answers according to ``mode``, or to a script.
 
     ``play(modes)`` queues one mode per request to come; once the script is used up, ``mode``
@@ -77,24 +146,12 @@ class MisbehavingModbusServer:
     """
 
     def __init__(self, mode: str = "ok", *, seed: int = 0) -> None:
+        super().__init__()
         self._check(mode)
         self.mode = mode
-        self.port = 0
         self.served: Counter[str] = Counter()
-        self.connections = 0
         self._script: deque[str] = deque()
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self._clients: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-
-    def __enter__(self) -> MisbehavingModbusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def requests(self) -> int:
@@ -120,52 +177,13 @@ class MisbehavingModbusServer:
         self._check(mode)
         self.mode = mode
 
-    def start(self) -> MisbehavingModbusServer:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self.port))
-        sock.listen(16)
-        self.port = sock.getsockname()[1]
-        self._listener = sock
-        self._spawn(self._accept_loop, "modbus-accept")
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection; join the threads."""
-        self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-        with self._lock:
-            clients = list(self._clients)
-        for conn in clients:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(5)
-
     @staticmethod
     def _check(mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
 
-    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._clients.add(conn)
-            self._spawn(self._serve, "modbus-conn", conn)
+    def _accepted(self, conn: socket.socket) -> None:
+        self._spawn(self._serve, conn)
 
     def _next_mode(self) -> str:
         with self._lock:
@@ -197,7 +215,7 @@ class MisbehavingModbusServer:
             return
         finally:
             with self._lock:
-                self._clients.discard(conn)
+                self._socks.discard(conn)
             conn.close()
 
 
@@ -278,7 +296,7 @@ def _answer(mode: str, tid: int, unit: int, pdu: bytes, rng: random.Random) -> b
 # -- an MQTT "broker" that never sends a CONNACK ----------------------------------------------------------
 
 
-class MqttBlackhole:
+class MqttBlackhole(_TcpTestServer):
     """Accepts TCP on 127.0.0.1 and reads what comes, answering nothing (no CONNACK ever).
 
     After ``forward_to(host, port)``, connections accepted from then on are piped to that broker.
@@ -287,70 +305,20 @@ class MqttBlackhole:
     """
 
     def __init__(self) -> None:
-        self.port = 0
-        self.accepted = 0
+        super().__init__()
         self.open_now = 0
         self.max_open = 0
         self._target: tuple[str, int] | None = None
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self._socks: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-
-    def __enter__(self) -> MqttBlackhole:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> MqttBlackhole:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, 0))
-        sock.listen(16)
-        self.port = sock.getsockname()[1]
-        self._listener = sock
-        self._spawn(self._accept_loop)
-        return self
 
     def forward_to(self, host: str, port: int) -> None:
         """Pipe connections accepted from now on to ``host:port``."""
         self._target = (host, port)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-        with self._lock:
-            socks = list(self._socks)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(5)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name="mqtt-blackhole", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-                self._socks.add(conn)
-            if self._target is None:
-                self._spawn(self._swallow, conn)
-            else:
-                self._spawn(self._forward, conn, self._target)
+    def _accepted(self, conn: socket.socket) -> None:
+        if self._target is None:
+            self._spawn(self._swallow, conn)
+        else:
+            self._spawn(self._forward, conn, self._target)
 
     def _swallow(self, conn: socket.socket) -> None:
         with self._lock:
