@@ -142,59 +142,65 @@ class _CommandBuffer:
         return out
 
 
-class Pms5003Emulator:
+class _CommandEmulator:
+    """A sensor that answers framed host commands; subclasses handle each complete one."""
+
+    def __init__(self, peer: PtyPeer, header: bytes, length: int) -> None:
+        self.peer = peer
+        self._commands = _CommandBuffer(header, length)
+        peer.on_data = self._on_data
+
+    @property
+    def commands(self) -> list[bytes]:
+        return self._commands.commands
+
+    def _on_data(self, data: bytes) -> None:
+        for cmd in self._commands.add(data):
+            self._command(cmd)
+
+    def _command(self, cmd: bytes) -> None:
+        raise NotImplementedError
+
+
+class Pms5003Emulator(_CommandEmulator):
     """Answers PMS5003 host commands: mode change (acknowledged), passive read (one frame)."""
 
     def __init__(self, peer: PtyPeer, values: list[int]) -> None:
-        self.peer = peer
+        super().__init__(peer, b"\x42\x4d", 7)
         self.values = values
         self.passive = False
-        self._commands = _CommandBuffer(b"\x42\x4d", 7)
-        peer.on_data = self._on_data
 
-    @property
-    def commands(self) -> list[bytes]:
-        return self._commands.commands
-
-    def _on_data(self, data: bytes) -> None:
-        for cmd in self._commands.add(data):
-            if sum(cmd[:5]) != int.from_bytes(cmd[5:7], "big"):
-                continue  # a real sensor ignores a command with a bad check code
-            if cmd[2] == 0xE1:
-                self.passive = cmd[4] == 0
-                self.peer.write(pms_ack(0xE1, cmd[4]))
-            elif cmd[2] == 0xE2 and self.passive:
-                self.peer.write(pms_frame(self.values))
+    def _command(self, cmd: bytes) -> None:
+        if sum(cmd[:5]) != int.from_bytes(cmd[5:7], "big"):
+            return  # a real sensor ignores a command with a bad check code
+        if cmd[2] == 0xE1:
+            self.passive = cmd[4] == 0
+            self.peer.write(pms_ack(0xE1, cmd[4]))
+        elif cmd[2] == 0xE2 and self.passive:
+            self.peer.write(pms_frame(self.values))
 
 
-class Sds011Emulator:
+class Sds011Emulator(_CommandEmulator):
     """Answers SDS011 commands: reporting mode and work (a 0xC5 reply), query (a data frame)."""
 
     def __init__(self, peer: PtyPeer, pm25: float, pm10: float, *, answer_queries: bool = True) -> None:
-        self.peer = peer
+        super().__init__(peer, b"\xaa\xb4", 19)
         self.pm25, self.pm10 = pm25, pm10
         self.query_mode = False
         self.answer_queries = answer_queries
-        self._commands = _CommandBuffer(b"\xaa\xb4", 19)
-        peer.on_data = self._on_data
 
-    @property
-    def commands(self) -> list[bytes]:
-        return self._commands.commands
-
-    def _on_data(self, data: bytes) -> None:
-        for cmd in self._commands.add(data):
-            if sum(cmd[2:17]) % 256 != cmd[17] or cmd[18] != 0xAB:
-                continue
-            kind = cmd[2]
-            if kind == 2:  # data reporting mode
-                if cmd[3] == 1:
-                    self.query_mode = cmd[4] == 1
-                self.peer.write(sds_reply(bytes([2, cmd[3], cmd[4]])))
-            elif kind == 6:  # sleep / work
-                self.peer.write(sds_reply(bytes([6, cmd[3], cmd[4]])))
-            elif kind == 4 and self.answer_queries:
-                self.peer.write(sds_frame(self.pm25, self.pm10))
+    def _command(self, cmd: bytes) -> None:
+        if sum(cmd[2:17]) % 256 != cmd[17] or cmd[18] != 0xAB:
+            return
+        kind = cmd[2]
+        if kind == 2:  # data reporting mode
+            if cmd[3] == 1:
+                self.query_mode = cmd[4] == 1
+            self.peer.write(sds_reply(bytes([2, cmd[3], cmd[4]])))
+        elif kind == 6:  # sleep / work
+            self.peer.write(sds_reply(bytes([6, cmd[3], cmd[4]])))
+        elif kind == 4 and self.answer_queries:
+            self.peer.write(sds_frame(self.pm25, self.pm10))
 
 
 class LineEmulator:
