@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel
 
 from drivers.pms5003.protocol import (
     DEFAULT_POINTS,
@@ -20,9 +20,8 @@ from drivers.pms5003.protocol import (
     Pms5003Parser,
 )
 from drivers.serialio.device import SerialDriver
-from drivers.serialio.settings import StreamOptions, check_mode_keys, check_unique
+from drivers.serialio.settings import FrameSensorOptions
 from gateway.driver import DeviceInfo
-from gateway.fields import Duration
 from gateway.model import PointSet
 
 PointName = Literal[FIELDS]  # type: ignore[valid-type]
@@ -30,26 +29,12 @@ PointName = Literal[FIELDS]  # type: ignore[valid-type]
 DEFAULT_TIMEOUT = 2.0  # passive mode: seconds to wait for the frame after the read command
 
 
-class Pms5003Config(StreamOptions):
+class Pms5003Config(FrameSensorOptions):
     """A pms5003 device entry (the keys other than name, driver, interval, enabled)."""
 
+    QUERY_MODE: ClassVar[str] = "passive"
     mode: Literal["active", "passive"] = "active"
-    timeout: Duration | None = None  # passive mode only; default DEFAULT_TIMEOUT
     points: tuple[PointName, ...] = DEFAULT_POINTS
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, points: tuple[str, ...]) -> tuple[str, ...]:
-        if not points:
-            raise ValueError("list at least one point")
-        check_unique(points)
-        return points
-
-    @model_validator(mode="after")
-    def _mode_keys(self) -> Pms5003Config:
-        check_mode_keys(self, query=self.mode == "passive", query_mode="passive")
-        return self
-
 
 class Pms5003Driver(SerialDriver):
     """PM1.0 / PM2.5 / PM10 (µg/m³, atmospheric and CF=1) and particle counts per 0.1 L.

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel
 
 from drivers.sds011.protocol import DEFAULT_POINTS, FIELDS, QUERY, SET_ACTIVE, SET_QUERY, UNITS, WORK, Sds011Parser
 from drivers.serialio.device import SerialDriver
-from drivers.serialio.settings import StreamOptions, check_mode_keys, check_unique
+from drivers.serialio.settings import FrameSensorOptions
 from gateway.driver import DeviceInfo
-from gateway.fields import Duration
 from gateway.model import PointSet
 
 PointName = Literal[FIELDS]  # type: ignore[valid-type]
@@ -22,26 +21,12 @@ PointName = Literal[FIELDS]  # type: ignore[valid-type]
 DEFAULT_TIMEOUT = 2.0  # query mode: seconds to wait for the data frame after the query command
 
 
-class Sds011Config(StreamOptions):
+class Sds011Config(FrameSensorOptions):
     """An sds011 device entry (the keys other than name, driver, interval, enabled)."""
 
+    QUERY_MODE: ClassVar[str] = "query"
     mode: Literal["active", "query"] = "active"
-    timeout: Duration | None = None  # query mode only; default DEFAULT_TIMEOUT
     points: tuple[PointName, ...] = DEFAULT_POINTS
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, points: tuple[str, ...]) -> tuple[str, ...]:
-        if not points:
-            raise ValueError("list at least one point")
-        check_unique(points)
-        return points
-
-    @model_validator(mode="after")
-    def _mode_keys(self) -> Sds011Config:
-        check_mode_keys(self, query=self.mode == "query", query_mode="query")
-        return self
-
 
 class Sds011Driver(SerialDriver):
     """PM2.5 and PM10 in µg/m³ (resolution 0.1), and the sensor's id if asked for.

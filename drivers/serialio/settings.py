@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.fields import Duration
 
@@ -82,6 +82,29 @@ class StreamOptions(BaseModel):
     connection: SerialSettings
     aggregate: Aggregate = "last"
     stale_after: Duration | None = None  # None: default_stale_after(interval)
+
+
+class FrameSensorOptions(StreamOptions):
+    """Keys of a binary frame sensor: a reporting ``mode`` (its query mode is ``QUERY_MODE``),
+    the answer ``timeout`` of that mode, and which ``points`` to report (subclasses define
+    ``mode`` and ``points``)."""
+
+    QUERY_MODE: ClassVar[str] = "query"
+    timeout: Duration | None = None  # query mode only; the driver has its default
+
+    @field_validator("points", check_fields=False)
+    @classmethod
+    def _points(cls, points: tuple[str, ...]) -> tuple[str, ...]:
+        if not points:
+            raise ValueError("list at least one point")
+        check_unique(points)
+        return points
+
+    @model_validator(mode="after")
+    def _mode_keys(self) -> FrameSensorOptions:
+        mode = getattr(self, "mode", None)
+        check_mode_keys(self, query=mode == self.QUERY_MODE, query_mode=self.QUERY_MODE)
+        return self
 
 
 def check_one_device_per_port(devices: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
