@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +17,9 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.support.broker import Mosquitto, Subscriber  # noqa: E402
+from gateway.publisher import Publisher  # noqa: E402
+from gateway.settings import MqttSection  # noqa: E402
+from tests.support.broker import TEST_GATEWAY_ID, Mosquitto, StartPublisher, Subscriber  # noqa: E402
 from tests.support.gateway_proc import GatewayProcess  # noqa: E402
 from tests.support.serial_pty import SerialPty  # noqa: E402
 
@@ -71,3 +76,25 @@ def gateways() -> Iterator[list[GatewayProcess]]:
     yield made
     for gw in made:
         gw.cleanup()
+
+
+@pytest.fixture
+async def start_publisher() -> AsyncIterator[StartPublisher]:
+    """``await start_publisher(mqtt, buffer, **kw)`` -> a running Publisher, stopped at the end."""
+    running: list[tuple[Publisher, asyncio.Task[None]]] = []
+    calls = itertools.count(1)
+
+    def status() -> dict[str, Any]:
+        return {"schema": 1, "state": "online", "version": "test", "n": next(calls)}
+
+    async def start(mqtt: MqttSection, buffer: Any, **kw: Any) -> Publisher:
+        kw = {"backoff_initial": 0.05, "backoff_max": 0.5, **kw}
+        pub = Publisher(mqtt, gateway_id=TEST_GATEWAY_ID, buffer=buffer, status=status, **kw)
+        running.append((pub, asyncio.create_task(pub.run(), name="publisher")))
+        return pub
+
+    yield start
+    for pub, task in running:
+        await pub.stop(timeout=2.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

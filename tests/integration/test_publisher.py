@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,13 @@ import pytest
 
 from gateway.buffer import Buffer
 from gateway.model import Batch, PointSet, StoredBatch
-from gateway.publisher import BufferLike, Publisher
+from gateway.publisher import Publisher
 from gateway.settings import MqttSection, TlsSection
 from tests.support.broker import (
+    TEST_GATEWAY_ID,
     LinkProxy,
     Mosquitto,
+    StartPublisher,
     Subscriber,
     assert_in_order,
     has_all,
@@ -32,7 +33,7 @@ from tests.support.broker import (
 
 pytestmark = pytest.mark.integration
 
-GW = "gw-test"
+GW = TEST_GATEWAY_ID
 STATUS_TOPIC = f"city/{GW}/status"  # the default topic_prefix is "city"
 
 
@@ -85,34 +86,9 @@ def settings(host: str, port: int, **kw: Any) -> MqttSection:
     return MqttSection(host=host, port=port, **{"publish_timeout": 5.0, "keepalive": 10.0, **kw})
 
 
-Start = Callable[..., Awaitable[Publisher]]
-
-
-@pytest.fixture
-async def start_publisher() -> AsyncIterator[Start]:
-    """``await start_publisher(mqtt, buffer, **kw)`` -> a running Publisher, stopped at the end."""
-    running: list[tuple[Publisher, asyncio.Task[None]]] = []
-    calls = itertools.count(1)
-
-    def status() -> dict[str, Any]:
-        return {"schema": 1, "state": "online", "version": "test", "n": next(calls)}
-
-    async def start(mqtt: MqttSection, buffer: BufferLike, **kw: Any) -> Publisher:
-        kw = {"backoff_initial": 0.05, "backoff_max": 0.5, **kw}
-        pub = Publisher(mqtt, gateway_id=GW, buffer=buffer, status=status, **kw)
-        running.append((pub, asyncio.create_task(pub.run(), name="publisher")))
-        return pub
-
-    yield start
-    for pub, task in running:
-        await pub.stop(timeout=2.0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 @pytest.mark.parametrize("fmt", ["cbor", "json"])
 async def test_drains_a_backlog_once_in_order_and_acks_what_arrived(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start, fmt: str
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher, fmt: str
 ) -> None:
     sub = subscribe("city/#")
     buf = FakeBuffer()
@@ -137,7 +113,7 @@ async def test_drains_a_backlog_once_in_order_and_acks_what_arrived(
 
 
 async def test_broker_stopped_mid_stream_nothing_missing_per_device(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publisher")
@@ -174,7 +150,7 @@ async def test_broker_stopped_mid_stream_nothing_missing_per_device(
 
 
 async def test_publish_timeout_means_dead_link_and_reconnects(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
 ) -> None:
     sub = subscribe("city/#")
     buf = FakeBuffer()
@@ -206,7 +182,7 @@ async def test_publish_timeout_means_dead_link_and_reconnects(
 
 
 async def test_attempts_without_connack_leave_no_connection_behind(
-    mosquitto: Mosquitto, start_publisher: Start,
+    mosquitto: Mosquitto, start_publisher: StartPublisher,
 ) -> None:
     """A connect attempt that times out must not leave its socket open: the broker would accept
     that zombie when it wakes up and keep it under our client id (aiomqtt 2.5 leaves it open)."""
@@ -228,7 +204,7 @@ async def test_attempts_without_connack_leave_no_connection_behind(
 
 
 async def test_lost_link_fails_fast_and_the_will_says_offline(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
 ) -> None:
     sub = subscribe("city/#")
     buf = FakeBuffer()
@@ -260,7 +236,7 @@ async def test_lost_link_fails_fast_and_the_will_says_offline(
 
 
 async def test_stop_says_offline_retained_and_disconnects_cleanly(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
 ) -> None:
     sub = subscribe(STATUS_TOPIC)
     pub = await start_publisher(settings(mosquitto.host, mosquitto.port), FakeBuffer())
@@ -282,7 +258,7 @@ async def test_stop_says_offline_retained_and_disconnects_cleanly(
 
 
 async def test_status_is_republished_periodically(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
 ) -> None:
     sub = subscribe(STATUS_TOPIC)
     await start_publisher(settings(mosquitto.host, mosquitto.port), FakeBuffer(), status_period=0.3)
@@ -291,7 +267,7 @@ async def test_status_is_republished_periodically(
 
 
 async def test_status_changed_republishes_soon(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
 ) -> None:
     sub = subscribe(STATUS_TOPIC)
     pub = await start_publisher(settings(mosquitto.host, mosquitto.port), FakeBuffer(), status_period=3600)
@@ -304,7 +280,7 @@ async def test_status_changed_republishes_soon(
 
 
 async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
-    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: Start, tmp_path: Path,
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher, tmp_path: Path,
 ) -> None:
     sub = subscribe("city/#")
     buffer = Buffer(tmp_path / "data", max_bytes=16 << 20, commit_interval=0.05)
@@ -340,7 +316,7 @@ async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
 
 
 async def test_unreachable_broker_is_logged_once_and_retried_with_backoff(
-    start_publisher: Start, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+    start_publisher: StartPublisher, caplog: pytest.LogCaptureFixture, tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publisher")
     broker = Mosquitto(tmp_path / "late")  # not started yet: its port refuses connections
@@ -376,7 +352,7 @@ def make_certs(d: Path, server_san: str) -> None:
 
 @pytest.mark.parametrize(("san", "ok"), [("IP:127.0.0.1", True), ("DNS:broker.example.org", False)])
 async def test_tls_verifies_the_server_and_uses_the_client_certificate(
-    tmp_path: Path, start_publisher: Start, san: str, ok: bool
+    tmp_path: Path, start_publisher: StartPublisher, san: str, ok: bool
 ) -> None:
     make_certs(tmp_path, san)
     d = tmp_path

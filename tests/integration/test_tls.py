@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,17 @@ import pytest
 from gateway.config import load_config
 from gateway.control import SOCKET_NAME, request
 from gateway.model import StoredBatch
-from gateway.publisher import Publisher
 from gateway.settings import MqttSection, TlsSection
-from tests.support.broker import Mosquitto, Subscriber, free_port, telemetry, until, wait_port
+from tests.support.broker import (
+    TEST_GATEWAY_ID,
+    Mosquitto,
+    StartPublisher,
+    Subscriber,
+    free_port,
+    telemetry,
+    until,
+    wait_port,
+)
 from tests.support.certs import CertKey, Pki, make_pki, openssl_available, tls_listener
 from tests.support.gateway_proc import base_config, run_cli, write_config
 
@@ -35,7 +43,7 @@ pytestmark = [
     pytest.mark.skipif(not openssl_available(), reason="the openssl command is needed to make certificates"),
 ]
 
-GW = "gw-test"
+GW = TEST_GATEWAY_ID
 CLIENT_ID = f"city-gateway-{GW}"
 SECRET = "Zq7-not-in-any-log-9Xv"
 
@@ -101,24 +109,6 @@ class Buffer:
         self.acked.update(rows)
 
 
-@pytest.fixture
-async def publishers() -> AsyncIterator[Callable[..., Publisher]]:
-    """``start(mqtt, buffer)`` -> a running Publisher (fast backoff), stopped at the end."""
-    running: list[tuple[Publisher, asyncio.Task[None]]] = []
-
-    def start(mqtt: MqttSection, buffer: Buffer) -> Publisher:
-        pub = Publisher(mqtt, gateway_id=GW, buffer=buffer, status=lambda: {"version": "test"},
-                        backoff_initial=0.05, backoff_max=0.3)
-        running.append((pub, asyncio.create_task(pub.run(), name="publisher")))
-        return pub
-
-    yield start
-    for pub, task in running:
-        await pub.stop(timeout=2.0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def mqtt(port: int, **kw: Any) -> MqttSection:
     return MqttSection(host="127.0.0.1", port=port, **{"publish_timeout": 2.0, "keepalive": 10.0, **kw})
 
@@ -176,14 +166,14 @@ class RecordingProxy:
 
 
 async def test_verified_tls_delivers_and_nothing_travels_in_plaintext(
-    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], publishers: Callable[..., Publisher]
+    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], start_publisher: StartPublisher
 ) -> None:
     broker, tls_port = start_broker(tmp_path / "mq", tls_listener(free_port(), pki.ca.cert, pki.server))
     brokers.append(broker)
     with Subscriber(broker.host, broker.port, f"city/{GW}/#") as sub:
         async with RecordingProxy(tls_port) as proxy:
             buf = Buffer()
-            pub = publishers(mqtt(proxy.port, tls=TlsSection(ca_file=pki.ca.cert), encoding="json"), buf)
+            pub = await start_publisher(mqtt(proxy.port, tls=TlsSection(ca_file=pki.ca.cert), encoding="json"), buf)
             await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
             msgs = await sub.wait_for_async(lambda ms: sum(len(d["readings"]) for d in telemetry(ms)) >= 6)
             await pub.stop(timeout=2.0)
@@ -255,11 +245,11 @@ def test_a_rejected_server_certificate_is_a_clear_error_and_never_plaintext(
 
 
 async def test_a_plaintext_broker_is_never_talked_to_in_plaintext(
-    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], publishers: Callable[..., Publisher]
+    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], start_publisher: StartPublisher
 ) -> None:
     broker, _ = start_broker(tmp_path / "mq")  # no TLS listener at all
     brokers.append(broker)
-    pub = publishers(mqtt(broker.port, tls=TlsSection(ca_file=pki.ca.cert)), buf := Buffer())
+    pub = await start_publisher(mqtt(broker.port, tls=TlsSection(ca_file=pki.ca.cert)), buf := Buffer())
     await until(lambda: pub.failed_attempts >= 3, 10, "three failed attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert client_sessions(broker) == 0 and "protocol error" in broker.log()
@@ -273,7 +263,7 @@ async def test_a_plaintext_broker_is_never_talked_to_in_plaintext(
     [(None, "the broker requires a client certificate"), ("rogue", "the broker refused the handshake")],
 )
 async def test_mtls_without_a_trusted_client_certificate_is_refused(
-    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], publishers: Callable[..., Publisher],
+    pki: Pki, tmp_path: Path, brokers: list[Mosquitto], start_publisher: StartPublisher,
     caplog: pytest.LogCaptureFixture, client: str | None, reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publisher")
@@ -283,7 +273,7 @@ async def test_mtls_without_a_trusted_client_certificate_is_refused(
     tls = TlsSection(ca_file=pki.ca.cert)
     if client == "rogue":
         tls = TlsSection(ca_file=pki.ca.cert, cert_file=pki.rogue_client.cert, key_file=pki.rogue_client.key)
-    pub = publishers(mqtt(tls_port, tls=tls, publish_timeout=1.0), buf := Buffer())
+    pub = await start_publisher(mqtt(tls_port, tls=tls, publish_timeout=1.0), buf := Buffer())
     await until(lambda: pub.failed_attempts >= 2, 15, "two refused attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert reason in (pub.last_error or "")
@@ -315,7 +305,7 @@ def password_config(tmp_path: Path, port: int, ca: Path, **mqtt_keys: Any) -> Pa
 
 @pytest.mark.parametrize("source", ["env", "file"])
 async def test_password_login_from_env_or_file_and_never_in_clear(
-    pki: Pki, tmp_path: Path, password_broker: int, publishers: Callable[..., Publisher], source: str
+    pki: Pki, tmp_path: Path, password_broker: int, start_publisher: StartPublisher, source: str
 ) -> None:
     if source == "env":
         path = password_config(tmp_path, password_broker, pki.ca.cert, password="${MQTT_PASSWORD}")
@@ -326,20 +316,20 @@ async def test_password_login_from_env_or_file_and_never_in_clear(
     config = load_config(path, environ={"MQTT_PASSWORD": SECRET})
     async with RecordingProxy(password_broker) as proxy:
         buf = Buffer()
-        pub = publishers(config.mqtt.model_copy(update={"port": proxy.port}), buf)
+        pub = await start_publisher(config.mqtt.model_copy(update={"port": proxy.port}), buf)
         await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
         await pub.stop(timeout=2.0)
     assert SECRET.encode() not in bytes(proxy.sent)
 
 
 async def test_a_wrong_password_is_one_clear_line_and_buffering_goes_on(
-    pki: Pki, tmp_path: Path, password_broker: int, publishers: Callable[..., Publisher],
+    pki: Pki, tmp_path: Path, password_broker: int, start_publisher: StartPublisher,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publisher")
     path = password_config(tmp_path, password_broker, pki.ca.cert, password="${MQTT_PASSWORD}")
     config = load_config(path, environ={"MQTT_PASSWORD": "not-" + SECRET})
-    pub = publishers(config.mqtt, buf := Buffer())
+    pub = await start_publisher(config.mqtt, buf := Buffer())
     await until(lambda: pub.failed_attempts >= 4, 15, "several refused logins")
     assert not pub.connected and not buf.acked  # nothing taken from the buffer
     refusal = re.compile(r"not authori[sz]ed|bad user name or password", re.I)  # MQTT 3.1.1 return codes 5, 4

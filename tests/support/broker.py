@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.encoding import decode_telemetry
+from gateway.publisher import Publisher
 
 LOOPBACK = "127.0.0.1"
 
@@ -394,3 +395,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+
+
+TEST_GATEWAY_ID = "gw-test"  # the gateway id of publishers started by the start_publisher fixture
+
+StartPublisher = Callable[..., Awaitable[Publisher]]
+"""The ``start_publisher`` fixture: ``await start_publisher(mqtt, buffer, **kw)`` -> a running Publisher."""
