@@ -248,7 +248,6 @@ class _Checker:
             interval=section.interval,
             enabled=section.enabled,
             options=options,
-            raw=copy.deepcopy(entry),
             deadband=section.deadband,
             heartbeat=section.heartbeat,
         )

@@ -134,7 +134,6 @@ class DeviceSpec:
     interval: float
     enabled: bool
     options: Any  # an instance of the driver's Config model
-    raw: dict[str, Any]  # the entry as written (after ${ENV} substitution), for change detection
     deadband: float | dict[str, float] | None = None
     heartbeat: float | None = None
 

@@ -47,7 +47,7 @@ def spec(unit: int, port: Path) -> DeviceSpec:
         "connection": {"transport": "rtu", "serial_port": str(port), "unit_id": unit, "timeout": TIMEOUT},
         "points": [{"name": "v", "address": 0}, {"name": "w", "address": 1}],
     })
-    return DeviceSpec(name=f"unit-{unit}", driver="modbus", interval=INTERVAL, enabled=True, options=config, raw={})
+    return DeviceSpec(name=f"unit-{unit}", driver="modbus", interval=INTERVAL, enabled=True, options=config)
 
 
 def rate(stamps: list[float], skip: int = 3) -> float:

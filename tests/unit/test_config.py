@@ -146,7 +146,7 @@ def test_issue_example_loads_as_written(tmp_path: Path) -> None:
         ("ramp", "counter", 60.0, 1.0),
         ("wave", "sine", 60.0, 10.0),
     ]
-    assert meter.raw["connection"]["host"] == "10.0.0.5" and sim.raw["interval"] == "100ms"
+    assert meter.options.connection.host == "10.0.0.5"
 
 
 def test_reference_example_file_matches_the_issue(tmp_path: Path) -> None:

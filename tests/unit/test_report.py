@@ -65,7 +65,7 @@ def test_subset_point_sets_are_reused() -> None:
 async def test_scheduler_numbers_only_what_is_sent() -> None:
     options = SimulatedConfig.model_validate({"points": [{"name": "c", "signal": "counter"},
                                                          {"name": "flat", "signal": "sine", "amplitude": 0}]})
-    spec = DeviceSpec(name="d", driver="simulated", interval=0.005, enabled=True, options=options, raw={},
+    spec = DeviceSpec(name="d", driver="simulated", interval=0.005, enabled=True, options=options,
                       deadband={"c": 3}, heartbeat=None)
     batches: list[Batch] = []
     sched = Scheduler(sink=batches.append, on_change=lambda: None)

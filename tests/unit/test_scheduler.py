@@ -41,7 +41,7 @@ def _spec(name: str, interval: float, fail_flag: Path | None = None) -> DeviceSp
         {"points": [{"name": "a", "signal": "counter"}, {"name": "b", "signal": "sine"}],
          "fail_flag": str(fail_flag) if fail_flag else None}
     )
-    return DeviceSpec(name=name, driver="simulated", interval=interval, enabled=True, options=options, raw={})
+    return DeviceSpec(name=name, driver="simulated", interval=interval, enabled=True, options=options)
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

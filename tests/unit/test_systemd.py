@@ -211,7 +211,7 @@ async def test_without_watchdog_usec_nothing_runs(receiver: Receiver) -> None:
 
 def _spec(name: str) -> DeviceSpec:
     options = SimulatedConfig.model_validate({"points": [{"name": "p"}]})
-    return DeviceSpec(name=name, driver="simulated", interval=0.01, enabled=True, options=options, raw={})
+    return DeviceSpec(name=name, driver="simulated", interval=0.01, enabled=True, options=options)
 
 
 async def test_gateway_problem_names_a_dead_device_task() -> None:
