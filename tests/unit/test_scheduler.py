@@ -149,3 +149,26 @@ async def test_stopping_a_loop_that_died_of_a_bug_does_not_raise() -> None:
     await _until(lambda: not task.alive)
     await sched.stop_all()  # must not raise: the daemon still has to flush the buffer
     assert sched.tasks == {}
+
+
+async def test_a_wall_clock_step_neither_stops_nor_bunches_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls run on the monotonic clock: an NTP step of the wall clock (here one hour back, the
+    one fault a test cannot make for real) changes the readings' ts, never the cadence."""
+    import time as time_module
+
+    real_time = time_module.time
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    task = sched.add(_spec("d", 0.02), SimulatedDriver)
+    await _until(lambda: len(batches) >= 5)
+    monkeypatch.setattr(time_module, "time", lambda: real_time() - 3600)
+    stepped_at = len(batches)
+    started = time_module.monotonic()
+    await _until(lambda: len(batches) >= stepped_at + 10)
+    elapsed = time_module.monotonic() - started
+    await sched.stop_all()
+    assert elapsed >= 9 * 0.02  # no burst of catch-up polls
+    assert batches[stepped_at].ts < batches[stepped_at - 1].ts - 3_000_000  # ts follows the wall clock
+    counters = [b.values[0] for b in batches]
+    assert counters == list(range(1, len(batches) + 1))  # one poll after another, none lost or repeated
+    assert task.health.errors == 0
