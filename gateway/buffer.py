@@ -1,9 +1,13 @@
 """The store-and-forward queue: every batch is kept in SQLite until the broker acknowledged it.
 
-``put`` only appends to a list on the event loop. About every ``commit_interval`` the waiting
-batches and the acks go to the database in one fsynced transaction, on the one writer thread that
-owns the only connection. Seqs are assigned in that transaction; the per-device high-water marks
-in ``seq.json`` are raised first, so a seq never stands for two readings, even if the file is lost.
+``put`` only appends to a list on the event loop. Every ``commit_interval`` (sooner when a
+quarter of the in-memory bound waits and the disk is ok) the waiting batches and the acks go to the database in one
+fsynced transaction, on the one writer thread that owns the only connection. Seqs are assigned in
+that transaction; the per-device high-water marks in ``seq.json`` are raised first, so a seq never
+stands for two readings, even if the file is lost.
+
+What a commit stored is also kept in memory (``_fresh``) until acked: a publisher that keeps up is
+served from there without a query, and reads the database only to catch up on an older backlog.
 
 The SQLite side (schema, commits, eviction, recovery) is gateway.store.
 """
@@ -11,8 +15,10 @@ The SQLite side (schema, commits, eviction, recovery) is gateway.store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +32,9 @@ from gateway.store import FIRST_SEQ, FS_RESERVE, FS_SLACK, _Counts, _Store
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Share of the event loop thread's time on CPU from which a publisher falling behind means the
+# gateway lacks CPU (polls are then skipped); below it, the link is what is slow (readings are kept).
+BUSY = 0.5
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
@@ -60,6 +69,18 @@ class Buffer:
         self._counts = _Counts()
         self._waiting: deque[Batch] = deque()  # put, not yet handed to a commit
         self._waiting_n = self._inflight_n = 0  # readings waiting / in the commit now running
+        self._commit_soon = asyncio.Event()  # a quarter of max_pending_readings waits: commit now
+        # Committed, un-acked batches by row, oldest first: every such row >= _fresh_from is here.
+        self._fresh: dict[int, StoredBatch] = {}
+        self._fresh_n = 0  # readings in _fresh
+        self._fresh_from = 0
+        self._relief = asyncio.Event()  # set (and replaced) after a commit attempt or when the lag eased
+        # The publisher's lag: readings committed in this run in rows above _handed_row (the highest
+        # row a fetch returned), not yet handed to it. Past half the bound polls are skipped.
+        self._lag_n = 0
+        self._handed_row = 0
+        self._gated = False  # congested() said yes for the lag: fetch relieves when it eases
+        self._busy = 0.0  # share of the event loop thread's time on CPU over the last commit interval
         self._acks: set[int] = set()  # acked, not yet handed to a commit
         self._acks_inflight: frozenset[int] = frozenset()
         self._dropped = 0  # dropped while the disk stalled, not yet added to meta's evicted
@@ -81,6 +102,8 @@ class Buffer:
             self._executor = None
             raise
         self._counts = _Counts(store.pending, store.bytes, store.evicted, dict(store.next_seq))
+        self._fresh_from = store.next_row  # older rows are read from the database
+        self._handed_row = store.next_row - 1
         self._recovered += store.recovered
         self._timer = asyncio.create_task(self._tick(), name="buffer-commit")
 
@@ -90,8 +113,11 @@ class Buffer:
             raise RuntimeError("buffer is closed")
         self._waiting.append(batch)
         self._waiting_n += len(batch.values)
-        if self._waiting_n + self._inflight_n > self._max_pending:
-            self._shed()
+        if self._waiting_n >= self._max_pending // 4:
+            if self._state == "ok":  # a failing disk is retried on the grid, not on every put
+                self._commit_soon.set()
+            if self._waiting_n + self._inflight_n > self._max_pending:
+                self._shed()
 
     async def fetch(self, after_row: int, max_readings: int) -> list[StoredBatch]:
         """Committed, unacked batches with row > ``after_row``, in row order.
@@ -99,15 +125,47 @@ class Buffer:
         Adds batches while the total stays within ``max_readings``, but always returns the first
         one if any exists. Raises sqlite3.Error if the database cannot be read.
         """
+        if after_row >= self._fresh_from - 1:  # every un-acked row after it is in memory
+            return self._handed(self._fetch_fresh(after_row, max_readings))
         skip = frozenset(self._acks | self._acks_inflight)
         got = await self._run(_Store.fetch, self._store, after_row, max_readings, skip)
         if self._acks or self._acks_inflight:  # acked while the query ran
             got = [b for b in got if b.row not in self._acks and b.row not in self._acks_inflight]
+        return self._handed(got)
+
+    def _handed(self, got: list[StoredBatch]) -> list[StoredBatch]:
+        """Take the batches handed to the publisher off its lag; relieve the gate once it eased."""
+        for batch in got:
+            if batch.row > self._handed_row:
+                self._handed_row = batch.row
+                self._lag_n -= len(batch.values)
+        if self._gated and self._lag_n <= self._max_pending // 2:
+            self._gated = False
+            self._relieve()
         return got
+
+    def _fetch_fresh(self, after_row: int, max_readings: int) -> list[StoredBatch]:
+        out: list[StoredBatch] = []
+        total = 0
+        for row, batch in self._fresh.items():
+            if row <= after_row:
+                continue
+            n = len(batch.values)
+            if out and total + n > max_readings:
+                break
+            out.append(batch)
+            total += n
+            if total >= max_readings:
+                break
+        return out
 
     def ack(self, rows: Iterable[int]) -> None:
         """The broker took these rows: fetch no longer returns them; the next commit deletes them."""
-        self._acks.update(rows)
+        fresh = self._fresh
+        for row in rows:
+            self._acks.add(row)
+            if (batch := fresh.pop(row, None)) is not None:
+                self._fresh_n -= len(batch.values)
 
     async def flush(self) -> None:
         """Commit everything put so far and apply acks; returns once fsynced.
@@ -136,13 +194,37 @@ class Buffer:
             self._executor.shutdown(wait=True)
             self._store, self._executor = None, None
 
-    def congested(self) -> bool:
-        """True while commits are succeeding but more than half the in-memory bound waits for them.
+    def congested(self, *, publishing: bool = False) -> bool:
+        """True while commits succeed but the pipeline is past its capacity: more than half the
+        in-memory bound waits for a commit, or (``publishing``: the broker is connected) the event
+        loop's thread is busy (BUSY of its time over the last commit interval: the lag is for want
+        of CPU here, not of link) and the publisher lags more than half the bound behind the
+        readings committed in this run (so a publisher that keeps up is served from memory).
 
         The scheduler then skips polls (counted as overruns) instead of making readings the buffer
-        would have to drop: past its capacity, the gateway reads less rather than losing more.
+        would have to drop or that would only pile up: past its capacity, the gateway reads less
+        rather than losing more. A backlog that grows while the broker is away or the link is
+        slow never stops polling, nor does an older one (from before a restart) while it drains.
         """
-        return self._state == "ok" and self._waiting_n + self._inflight_n > self._max_pending // 2
+        if self._state != "ok":
+            return False
+        if self._waiting_n + self._inflight_n > self._max_pending // 2:
+            return True
+        if publishing and self._busy >= BUSY and self._lag_n > self._max_pending // 2:
+            self._gated = True
+            return True
+        return False
+
+    async def relief(self) -> None:
+        """Return after the next commit attempt or once the publisher's lag eased (when congestion
+        may be over), or after commit_interval: what a skipped poll waits for instead of waking at
+        every interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._relief.wait(), self._interval)
+
+    def _relieve(self) -> None:
+        self._relief.set()
+        self._relief = asyncio.Event()
 
     def stats(self) -> BufferStats:
         """Counters from memory; cheap enough for every status report."""
@@ -168,12 +250,24 @@ class Buffer:
         return await self._run(fn, self._store)
 
     async def _tick(self) -> None:
+        """Commit on a fixed grid of commit_interval, and at once when put() asks (commit_soon)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval
+        since, cpu = loop.time(), time.thread_time()
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(due):
+                    await self._commit_soon.wait()
+            self._commit_soon.clear()
             try:
                 await self._commit()
             except Exception:  # a bug here must not stop committing for good
                 logger.exception("buffer: commit failed unexpectedly")
+            now = loop.time()
+            if now - since >= min(self._interval, 1.0):  # the loop thread's load, for congested()
+                self._busy, since, cpu = (time.thread_time() - cpu) / (now - since), now, time.thread_time()
+            while due <= now:  # a commit longer than the interval: the next one starts at once
+                due += self._interval
 
     async def _commit(self) -> None:
         # Shielded: a cancelled caller must not abandon a transaction the thread still runs.
@@ -183,6 +277,12 @@ class Buffer:
         await asyncio.shield(task)
 
     async def _commit_locked(self) -> None:
+        try:
+            await self._commit_body()
+        finally:
+            self._relieve()
+
+    async def _commit_body(self) -> None:
         async with self._lock:
             if not (self._waiting or self._acks or self._dropped) or self._store is None:
                 return
@@ -204,6 +304,7 @@ class Buffer:
 
     def _committed(self, done: _Counts, dropped: int) -> None:
         self._counts, self._dropped = done, self._dropped - dropped
+        self._keep_fresh(done)
         self._inflight_n, self._acks_inflight = 0, frozenset()
         for device, n, why in done.unencodable:
             if device not in self._bad_devices:
@@ -225,6 +326,26 @@ class Buffer:
                     self.on_commit()
             except Exception:
                 logger.exception("buffer: on_commit callback failed")
+
+    def _keep_fresh(self, done: _Counts) -> None:
+        """Add what the commit stored to _fresh (minus rows acked meanwhile); drop what was evicted,
+        and the oldest while more than max_pending_readings are kept (the database still has them)."""
+        fresh, acked = self._fresh, self._acks
+        for batch in done.stored:
+            self._lag_n += len(batch.values)
+            if batch.row not in acked:
+                fresh[batch.row] = batch
+                self._fresh_n += len(batch.values)
+        if done.evicted_upto > self._handed_row:  # readings evicted before the publisher got them
+            self._handed_row = done.evicted_upto
+            self._lag_n = sum(len(b.values) for row, b in fresh.items() if row > done.evicted_upto)
+        if not fresh:
+            return
+        while fresh and (self._fresh_n > self._max_pending or next(iter(fresh)) <= done.evicted_upto):
+            row, batch = next(iter(fresh.items()))
+            del fresh[row]
+            self._fresh_n -= len(batch.values)
+            self._fresh_from = max(self._fresh_from, row + 1)
 
     def _shed(self) -> None:
         """Drop the oldest waiting batches while more than max_pending_readings are uncommitted."""

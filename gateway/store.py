@@ -88,6 +88,8 @@ class _Counts:
     unencodable: tuple[tuple[str, int, str], ...] = ()  # (device, readings, reason) dropped
     fs_limited: bool = False  # this commit's eviction was for the filesystem, not for max_bytes
     fs_headroom: int = 0  # bytes the database may still grow by on its filesystem
+    stored: tuple[StoredBatch, ...] = ()  # the batches this commit stored, as fetch would return them
+    evicted_upto: int = 0  # the highest row this commit evicted (0: none)
 
 
 class _Store:
@@ -101,7 +103,7 @@ class _Store:
         self.ps_info: dict[int, tuple[str, PointSet]] = {}
         self.next_seq: dict[str, int] = {}
         self.marks: dict[str, int] = {}
-        self.pending = self.bytes = self.evicted = self.commits = self.next_row = 0
+        self.pending = self.bytes = self.evicted = self.commits = self.next_row = self.evicted_upto = 0
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() and (orphan := set_aside(self.path, "orphan")):
             logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
@@ -178,7 +180,7 @@ class _Store:
 
     def commit(self, batches: Sequence[Batch], acks: Iterable[int], dropped: int) -> _Counts:
         """Store ``batches`` with their seqs, delete ``acks``, add ``dropped`` to evicted: one txn."""
-        encoded, next_seq, unencodable = self._encode(batches)
+        encoded, kept, next_seq, unencodable = self._encode(batches)
         self._reserve(next_seq)
         ps_ids = [self.ps_ids.get((dev, ps)) or self._add_pointset(dev, ps) for dev, ps, *_ in encoded]
         lost = dropped + sum(n for _, n, _ in unencodable)
@@ -186,17 +188,22 @@ class _Store:
             self.conn.execute("BEGIN IMMEDIATE")
             pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost)
         self.next_seq.update(next_seq)
+        stored = tuple(StoredBatch(self.next_row + i, b.device, seq0, b.ts, b.points.names, b.points.units,
+                                   b.values, b.errors, b.unsynced)
+                       for i, (b, (_, _, seq0, *_)) in enumerate(zip(kept, encoded, strict=True)))
         self.next_row += len(encoded)
         self.pending, self.bytes, self.evicted = pending, size, self.evicted + lost + evicted_now
         self.commits += 1
         if self.commits % CHECKPOINT_EVERY == 0:
             self._checkpoint()
         return _Counts(self.pending, self.bytes, self.evicted, dict(self.next_seq), len(encoded),
-                       evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom)
+                       evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom, stored,
+                       self.evicted_upto)
 
-    def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], dict[str, int], list[Any]]:
+    def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], list[Batch], dict[str, int], list[Any]]:
         """Pack each batch and give it its seqs, in put order; set aside what CBOR cannot encode."""
         out: list[_Row] = []
+        kept: list[Batch] = []
         next_seq: dict[str, int] = {}
         unencodable: list[tuple[str, int, str]] = []
         for b in batches:
@@ -211,7 +218,8 @@ class _Store:
             next_seq[b.device] = seq0 + n
             c = None if b.unsynced is None else _dumps(list(b.unsynced))
             out.append((b.device, b.points, seq0, n, b.ts, v, e, c))
-        return out, next_seq, unencodable
+            kept.append(b)
+        return out, kept, next_seq, unencodable
 
     def _reserve(self, next_seq: dict[str, int]) -> None:
         """Raise the marks in seq.json (fsynced) before a commit would use seqs above them."""
@@ -257,7 +265,7 @@ class _Store:
         readings, bytes. Evicted pages stay in the file for later commits: a filesystem filled by
         anything else stops the growth without costing the rows already stored."""
         conn = self.conn
-        readings = freed = last = 0
+        readings = freed = last = self.evicted_upto = 0
         allowed = fs_allowance(self.path, self.fs_reserve)
         if allowed is None:  # cannot tell: only max_bytes applies
             allowed = 1 << 62
@@ -282,6 +290,7 @@ class _Store:
                 if excess <= 0:
                     break
             conn.execute("DELETE FROM batch WHERE row <= ?", (last,))
+            self.evicted_upto = last
         return readings, freed
 
     def _live_bytes(self) -> int:

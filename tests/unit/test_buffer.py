@@ -151,7 +151,8 @@ async def test_ack_while_a_fetch_runs_hides_the_row(make: Callable[..., Any]) ->
     buf = await make()
     for i in range(3):
         buf.put(batch(base=i))
-    await buf.flush()
+    await buf.close()
+    buf = await make()  # reopened: the rows come from the database, not from memory
     rows = [b.row for b in await drain(buf)]
     gate = threading.Event()
     blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))
@@ -547,3 +548,88 @@ async def test_congested_past_half_the_memory_bound_until_committed(make: Callab
     await buf.flush()
     assert not buf.congested()
     assert buf.stats().evicted == 0
+
+
+def _same(a: list[StoredBatch], b: list[StoredBatch]) -> None:
+    assert [(x.row, x.device, x.seq0, x.ts, x.names, x.units, x.values, x.errors, x.unsynced) for x in a] == \
+        [(x.row, x.device, x.seq0, x.ts, x.names, x.units, x.values, x.errors, x.unsynced) for x in b]
+
+
+async def test_memory_serves_what_the_database_would(make: Callable[..., Any], tmp_path: Path) -> None:
+    buf = await make()
+    buf.put(batch(base=1))
+    buf.put(Batch("dev2", 5, POINTS, [1.5, None, True, "x", -2], {1: "timeout"}, (123, "boot-1")))
+    buf.put(batch(n=2, base=7))
+    await buf.flush()
+    buf.put(batch(base=20))
+    await buf.flush()
+    from_memory = await drain(buf)
+    assert len(from_memory) == 4
+    pages = [await buf.fetch(0, 6), await buf.fetch(from_memory[1].row, 1)]
+    buf.ack([from_memory[0].row])
+    after_ack = await drain(buf)
+    await buf.close()
+    again = await make()
+    from_disk = await drain(again)
+    _same(after_ack, from_disk)
+    _same(from_memory[1:], from_disk)
+    _same(pages[0], from_memory[:1])  # 5 + 5 > 6: one batch
+    _same(pages[1], from_memory[2:3])  # always at least one
+
+
+async def test_memory_keeps_at_most_the_in_memory_bound_and_the_database_the_rest(make: Callable[..., Any]) -> None:
+    buf = await make(max_pending_readings=40)
+    for i in range(30):  # 150 readings, committed 5 at a time: far more than 40 kept in memory
+        buf.put(batch(base=i))
+        await buf.flush()
+    assert buf._fresh_n <= 40
+    got = await drain(buf)  # from the database first, then from memory
+    cursor = 0
+    everything: list[StoredBatch] = []
+    while page := await buf.fetch(cursor, 10):
+        everything += page
+        cursor = page[-1].row
+    assert seqs(got) == seqs(everything) == upto(150)
+
+
+async def test_a_quarter_of_the_bound_waiting_commits_before_the_interval(make: Callable[..., Any]) -> None:
+    buf = await make(max_pending_readings=40)  # commit_interval: an hour
+    committed = asyncio.Event()
+    buf.on_commit = committed.set
+    buf.put(batch(base=0))  # 5 waiting: not yet
+    assert not buf._commit_soon.is_set()
+    buf.put(batch(base=1))  # 10 >= 40 // 4
+    await asyncio.wait_for(committed.wait(), 10)
+    assert seqs(await drain(buf)) == upto(10)
+
+
+async def test_congested_while_publishing_when_a_busy_gateway_lags_and_relieved_once_fetched(
+        make: Callable[..., Any]) -> None:
+    buf = await make(max_pending_readings=40)
+    for i in range(5):  # 25 committed, not yet fetched: past half of 40
+        buf.put(batch(base=i))
+        await buf.flush()
+    buf._busy = 1.0  # the event loop thread was on CPU all the last interval
+    assert buf.congested(publishing=True)
+    assert not buf.congested(publishing=False)  # the broker away: keep polling, the disk holds it
+    buf._busy = 0.1  # an idle gateway: the link is slow, not the CPU; readings are kept
+    assert not buf.congested(publishing=True)
+    buf._busy = 1.0
+    relieved = asyncio.ensure_future(buf.relief())
+    await asyncio.sleep(0)  # relief() starts waiting
+    await buf.fetch(0, 10)  # 10 handed out: 15 left, under the half
+    await asyncio.wait_for(relieved, 5)  # the commit interval is an hour: fetch relieved it
+    assert not buf.congested(publishing=True)
+
+
+async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any]) -> None:
+    buf = await make(commit_interval=0.05)
+    committed = asyncio.Event()
+    buf.on_commit = committed.set
+    deadline = asyncio.get_running_loop().time() + 0.2
+    while asyncio.get_running_loop().time() < deadline:  # keep the loop thread on CPU
+        buf.put(batch())
+        sum(range(20_000))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(committed.wait(), 5)
+    assert buf._busy > 0.5
