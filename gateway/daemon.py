@@ -54,7 +54,8 @@ class Daemon:
         self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold)
         self.scheduler = Scheduler(
             sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
-            congested=self.buffer.congested, stamp=self.clock.stamp,
+            congested=lambda: self.buffer.congested(publishing=self.publisher.connected),
+            relief=self.buffer.relief, stamp=self.clock.stamp,
         )
         # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
         self.commands = Commands(self._run_command, remember=config.commands.remember_ids)

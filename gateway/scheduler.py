@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +80,11 @@ class DeviceTask:
         shared: SharedPool | None = None,
         data_dir: Path | None = None,
         congested: Callable[[], bool] | None = None,
+        relief: Callable[[], Awaitable[None]] | None = None,
         stamp: Callable[[], tuple[int, str] | None] | None = None,
     ) -> None:
         self.spec = spec
+        self._relief = relief
         self._stamp = stamp or (lambda: None)
         self.health = DeviceHealth()
         info = DeviceInfo(name=spec.name, interval=spec.interval, shared=shared or SharedPool(), data_dir=data_dir)
@@ -128,6 +130,8 @@ class DeviceTask:
         while True:
             if self._congested():  # the pipeline is past its capacity: skip this poll, count it
                 self.health.overruns += 1
+                if self._relief is not None:  # wait for the pipeline to move, not every interval
+                    await self._relief()
                 deadline, missed = next_deadline(deadline, interval, time.monotonic())
                 self.health.overruns += missed
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -226,11 +230,13 @@ class Scheduler:
         on_change: Callable[[], None],
         data_dir: Path | None = None,
         congested: Callable[[], bool] | None = None,
+        relief: Callable[[], Awaitable[None]] | None = None,
         stamp: Callable[[], tuple[int, str] | None] | None = None,
     ) -> None:
         self._sink = sink
         self._data_dir = data_dir
         self._congested = congested
+        self._relief = relief
         self._stamp = stamp
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
@@ -241,7 +247,7 @@ class Scheduler:
         """Create and start the task of one device."""
         task = DeviceTask(
             spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared,
-            data_dir=self._data_dir, congested=self._congested, stamp=self._stamp,
+            data_dir=self._data_dir, congested=self._congested, relief=self._relief, stamp=self._stamp,
         )
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,3 +173,29 @@ async def test_a_wall_clock_step_neither_stops_nor_bunches_polling(monkeypatch: 
     counters = [b.values[0] for b in batches]
     assert counters == list(range(1, len(batches) + 1))  # one poll after another, none lost or repeated
     assert task.health.errors == 0
+
+
+async def test_a_congested_pipeline_skips_polls_and_waits_for_relief_not_each_interval() -> None:
+    batches: list[Batch] = []
+    congested = True
+    checks = 0
+    relief = asyncio.Event()
+
+    def is_congested() -> bool:
+        nonlocal checks
+        checks += 1
+        return congested
+
+    sched = Scheduler(sink=batches.append, on_change=lambda: None, congested=is_congested, relief=relief.wait)
+    task = sched.add(_spec("d", 0.01), SimulatedDriver)
+    await _until(lambda: checks >= 1)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.1:  # ten intervals pass...
+        await asyncio.sleep(0.01)
+    assert checks == 1 and batches == []  # ...with one look at the gate, not ten
+    congested = False
+    relief.set()
+    await _until(lambda: len(batches) >= 3)
+    await sched.stop_all()
+    assert task.health.overruns >= 10  # the skipped poll and the slots it waited through
+    assert [b.values[0] for b in batches][:3] == [1, 2, 3]
