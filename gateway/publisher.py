@@ -42,6 +42,10 @@ OFFLINE: dict[str, Any] = {"schema": 1, "state": "offline"}
 TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying goodbye
 STATUS_MIN_GAP = 1.0  # status_changed() storms collapse into one publish per this many seconds
 LOG_EVERY = 20  # while the broker stays away, one reminder line per this many failed attempts
+# Seconds the drain may run before it lets the rest of the event loop in. Not after every message:
+# messages queued in one go leave in one socket write (paho asks the loop to watch for
+# writability once per burst, not per message), which at 10 messages a second halves their cost.
+YIELD_EVERY = 0.002
 HOLD_RECHECK = 1.0  # seconds between looks at the clock while readings are held back
 STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
 # CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5
@@ -66,6 +70,8 @@ class _PahoLog(logging.Logger):
         self.socket_error: str | None = None
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level < logging.ERROR and not self.isEnabledFor(level):  # paho's per-packet DEBUG lines
+            return
         # paho: "failed to receive on socket: %s", "timeout on socket: %s"
         if level >= logging.ERROR and str(msg).endswith("on socket: %s") and args:
             self.socket_error = str(args[0])
@@ -122,6 +128,7 @@ class Publisher:
         self._good_since: float | None = None  # loop time the current session's status got a PUBACK
         self._reported_up = False  # what the log last said about the broker
         self._logged_reason: str | None = None  # the failure last logged (repeats are only counted)
+        self._oversize_logged: set[str] = set()  # devices whose poll was over batch.max_bytes
 
     @property
     def connected(self) -> bool:
@@ -289,7 +296,10 @@ class _Session:
         self.tg = asyncio.TaskGroup()
         self.sends: set[asyncio.Task[None]] = set()
         self.commands: set[asyncio.Task[None]] = set()
-        self.fetch_readings = max(4 * pub.mqtt.max_batch_readings, 1000)
+        self.fetch_readings = max(4 * pub.mqtt.batch.max_readings, 1000)
+        self._yielded = 0.0  # loop time the drain last let the rest of the loop in
+        # max_rate: a token bucket, full at the start of a session
+        self._tokens, self._refilled = float(pub.mqtt.max_rate or 0), asyncio.get_running_loop().time()
 
     async def serve(self) -> None:
         """Return after the goodbye when stop() asks; raise when the link fails."""
@@ -390,29 +400,96 @@ class _Session:
             await asyncio.sleep(STATUS_MIN_GAP)
 
     async def _drain(self) -> None:
-        """Send every committed row after the cursor, in row order; then wait for the next commit."""
+        """Send every committed row after the cursor, in row order; then wait for the next commit.
+
+        A device's fetched batches are held until they fill a message (``batch.max_readings``)
+        or the oldest has waited ``batch.linger``; with linger 0 everything fetched goes at once.
+        """
         pub = self.pub
+        linger = pub.mqtt.batch.linger
+        loop = asyncio.get_running_loop()
         cursor = 0  # a new connection resends whatever is still un-acked
+        held: dict[str, list[StoredBatch]] = {}  # fetched, not yet sent, per device
+        since: dict[str, float] = {}  # loop time the device's oldest held batch was fetched
+        self._yielded = loop.time()
         while True:
             pub._wake.clear()
             fetched = await pub._buffer.fetch(cursor, self.fetch_readings)
             batches = pub.clock.release(fetched)  # readings of an unsynced clock wait for it
-            if not batches:
-                if fetched:  # held back: look again when the clock may have synced
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(pub._wake.wait(), HOLD_RECHECK)
+            now = loop.time()
+            for batch in batches:
+                held.setdefault(batch.device, []).append(batch)
+                since.setdefault(batch.device, now)
+            if batches:
+                cursor = batches[-1].row
+            for device in list(held):
+                keep = await self._send_ready(device, held[device], now - since[device] >= linger)
+                if keep:
+                    held[device] = keep
                 else:
-                    await pub._wake.wait()
-                continue
-            for device, group in messages_of(batches, pub.mqtt.max_batch_readings):
-                payload = encode_telemetry(pub.gateway_id, device, group, pub.mqtt.encoding, compress=pub.mqtt.compress)
+                    del held[device], since[device]
+            if batches:
+                continue  # more may be committed already
+            timeout = min((since[d] + linger - loop.time() for d in held), default=None)
+            if fetched and (timeout is None or timeout > HOLD_RECHECK):  # held back by the clock
+                timeout = HOLD_RECHECK
+            if timeout is None:
+                await pub._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pub._wake.wait(), max(timeout, 0.0))
+
+    async def _send_ready(self, device: str, batches: list[StoredBatch], due: bool) -> list[StoredBatch]:
+        """Send the full messages of ``batches`` (all of them if ``due``); return what is left."""
+        limit = self.pub.mqtt.batch.max_readings
+        groups = [group for _, group in messages_of(batches, limit)]
+        if not due and sum(len(b) for b in groups[-1]) < limit:
+            groups, keep = groups[:-1], groups[-1]
+        else:
+            keep = []
+        for group in groups:
+            for part, payload in self._payloads(device, group):
+                await self._pace(sum(len(b) for b in part))
                 # Take the window slot here, so the tasks start (and call paho) in creation order.
                 await self.window.acquire()
-                task = self.tg.create_task(self._send(device, group, payload))
+                task = self.tg.create_task(self._send(device, part, payload))
                 self.sends.add(task)
                 task.add_done_callback(self.sends.discard)
-                await asyncio.sleep(0)  # a long backlog must not starve the poll loops of the event loop
-            cursor = batches[-1].row
+                loop = asyncio.get_running_loop()
+                if loop.time() - self._yielded >= YIELD_EVERY:  # a long backlog must not starve the polls
+                    await asyncio.sleep(0)
+                    self._yielded = loop.time()
+        return keep
+
+    def _payloads(self, device: str, group: list[StoredBatch]) -> list[tuple[list[StoredBatch], bytes]]:
+        """``group`` encoded, halved by batches until each message fits ``batch.max_bytes``."""
+        m = self.pub.mqtt
+        payload = encode_telemetry(self.pub.gateway_id, device, group, m.encoding, compress=m.compress)
+        if len(payload) <= m.batch.max_bytes:
+            return [(group, payload)]
+        if len(group) == 1:  # one poll is never split: it goes alone, said once per device
+            if device not in self.pub._oversize_logged:
+                self.pub._oversize_logged.add(device)
+                log.warning("one poll of device %s encodes to %d bytes, over mqtt.batch.max_bytes (%d):"
+                            " sent as one message (logged once per device)", device, len(payload), m.batch.max_bytes)
+            return [(group, payload)]
+        half = len(group) // 2
+        return self._payloads(device, group[:half]) + self._payloads(device, group[half:])
+
+    async def _pace(self, readings: int) -> None:
+        """Keep to ``mqtt.max_rate`` readings per second (a token bucket of one second or one message)."""
+        rate = self.pub.mqtt.max_rate
+        if rate is None:
+            return
+        loop = asyncio.get_running_loop()
+        burst = max(rate, float(self.pub.mqtt.batch.max_readings))
+        now = loop.time()
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < readings:
+            await asyncio.sleep((min(readings, burst) - self._tokens) / rate)
+            self._tokens, self._refilled = min(readings, burst), loop.time()
+        self._tokens -= readings
 
     async def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
         """Publish one telemetry message (window slot already taken); ack its rows on PUBACK."""

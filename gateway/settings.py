@@ -52,6 +52,16 @@ class TlsSection(_Strict):
         return self
 
 
+class BatchSection(_Strict):
+    """How readings are grouped into telemetry messages (one device per message)."""
+
+    max_readings: int = Field(default=1000, ge=1)  # readings per message at most
+    # bytes per message at most (a fuller message is split by batches; one poll is never split)
+    max_bytes: int = Field(default=256 * 1024, ge=256)
+    # wait up to this long for a device's message to fill before sending it part full (0: never wait)
+    linger: Duration = 0.0
+
+
 class MqttSection(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
@@ -66,7 +76,8 @@ class MqttSection(_Strict):
     tls: TlsSection | None = None
     publish_timeout: Duration = 10.0  # a PUBACK later than this means the link is dead
     max_inflight: int = Field(default=20, ge=1, le=65535)  # messages awaiting PUBACK at once
-    max_batch_readings: int = Field(default=1000, ge=1)  # readings per telemetry message at most
+    batch: BatchSection = BatchSection()
+    max_rate: float | None = Field(default=None, gt=0)  # readings per second sent at most (a metered link)
 
     @field_validator("password_file")
     @classmethod

@@ -198,7 +198,7 @@ async def test_link_cut_mid_publish_loses_nothing(
     a PUBACK is surely outstanding): every reading arrives, a repeat carries the same content."""
     flags = [tmp_path / "a.dead", tmp_path / "b.dead"]
     config = base_config(tmp_path / "data", proxy.port, commit="100ms")
-    config["mqtt"]["max_batch_readings"] = 30  # many small messages: the window is always busy
+    config["mqtt"]["batch"] = {"max_readings": 30}  # many small messages: the window is always busy
     config["devices"] = [sim_device("dev-a", "10ms", flags[0]), sim_device("dev-b", "10ms", flags[1])]
     sub = subscribe("city/gw-test/+/telemetry")
     gw = _gateway(tmp_path, config, gateways)
@@ -234,7 +234,7 @@ def test_slow_acks_within_the_publish_timeout_keep_the_session_and_lose_nothing(
     the in-flight window waits, then every reading arrives exactly once."""
     flags = [tmp_path / "a.dead"]
     config = base_config(tmp_path / "data", mosquitto.port, commit="100ms")
-    config["mqtt"].update(publish_timeout="3s", max_batch_readings=30)
+    config["mqtt"].update(publish_timeout="3s", batch={"max_readings": 30})
     config["devices"] = [sim_device("dev-a", "10ms", flags[0])]
     sub = subscribe("city/gw-test/+/telemetry")
     gw = _gateway(tmp_path, config, gateways).start()

@@ -7,7 +7,7 @@ Bounded in-memory queues, and what happens when each is full:
   that (the disk stalls or is full) the oldest are dropped and counted as evicted.
 * publisher: at most ``mqtt.max_inflight`` messages awaiting PUBACK (a semaphore); when full, the
   drain stops fetching from SQLite until a PUBACK frees a slot. One fetch holds at most
-  4 x ``max_batch_readings`` readings. paho's queue holds only what the window lets through.
+  4 x ``batch.max_readings`` readings. paho's queue holds only what the window lets through.
 * scheduler: none; a poll hands its batch straight to the buffer, an overrun poll is skipped.
 """
 

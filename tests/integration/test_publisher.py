@@ -94,7 +94,7 @@ async def test_drains_a_backlog_once_in_order_and_acks_what_arrived(
     buf = FakeBuffer()
     buf.add(["meter-1", "meter-2", "sim-1"], polls=150)  # 750 readings per device, interleaved
     pub = await start_publisher(settings(mosquitto.host, mosquitto.port, encoding=fmt,
-                                         max_batch_readings=100, max_inflight=4), buf)
+                                         batch={"max_readings": 100}, max_inflight=4), buf)
     got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
     await until(lambda: len(buf.acked) == len(buf.rows), 5, "every row acked")
 
@@ -120,7 +120,7 @@ async def test_broker_stopped_mid_stream_nothing_missing_per_device(
     sub = subscribe("city/#")
     buf = FakeBuffer()
     devices = ["meter-1", "meter-2", "sim-1"]
-    pub = await start_publisher(settings(mosquitto.host, mosquitto.port, max_batch_readings=50), buf)
+    pub = await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 50}), buf)
 
     async def produce() -> None:  # a poll of every device each 5 ms, as long as the test runs
         while True:
@@ -291,7 +291,7 @@ async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
         for i in range(200):
             buffer.put(Batch("meter-1", 1000 + i, points, [i, i + 0.5, float("nan")]))
         await buffer.flush()
-        pub = await start_publisher(settings(mosquitto.host, mosquitto.port, max_batch_readings=60), buffer)
+        pub = await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 60}), buffer)
         await sub.wait_for_async(has_all({"meter-1": 600}), timeout=15)
         mosquitto.stop()
         for i in range(200, 300):
@@ -371,3 +371,78 @@ async def test_tls_verifies_the_server_and_uses_the_client_certificate(
         await pub.stop(timeout=2.0)
     finally:
         broker.stop()
+
+
+# -- mqtt.batch and mqtt.max_rate ------------------------------------------------------------------------
+
+
+async def test_linger_fills_messages_instead_of_sending_each_poll(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher
+) -> None:
+    sub = subscribe(f"city/{GW}/+/telemetry")
+    buf = FakeBuffer()  # 5 readings a poll
+    await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 20, "linger": 30.0}), buf)
+    for _ in range(3):  # 15 readings, committed one poll at a time: not a full message yet
+        buf.add(["meter-1"])
+        await asyncio.sleep(0)
+    buf.add(["meter-1"])  # the fourth poll fills one: it goes, with the three before it
+    got = await sub.wait_for_async(has_all({"meter-1": 20}), timeout=10)
+    assert [len(d["readings"]) for d in telemetry(got)] == [20]
+    assert_in_order(got, buf.total(), exact=True)
+
+
+async def test_linger_sends_a_part_full_message_once_it_has_waited(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher
+) -> None:
+    sub = subscribe(f"city/{GW}/+/telemetry")
+    buf = FakeBuffer()
+    await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 1000, "linger": 0.3}), buf)
+    buf.add(["meter-1", "meter-2"], polls=2)
+    started = time.monotonic()
+    got = await sub.wait_for_async(has_all(buf.total()), timeout=10)
+    assert time.monotonic() - started >= 0.3  # held for the linger, not sent at once...
+    assert sorted(len(d["readings"]) for d in telemetry(got)) == [10, 10]  # ...then both polls in one
+
+
+async def test_max_bytes_splits_messages_by_polls_and_loses_nothing(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher
+) -> None:
+    sub = subscribe(f"city/{GW}/+/telemetry")
+    buf = FakeBuffer(points=20)
+    buf.add(["meter-1", "meter-2"], polls=40)
+    pub = await start_publisher(settings(mosquitto.host, mosquitto.port, encoding="json",
+                                         batch={"max_readings": 1000, "max_bytes": 4000}), buf)
+    got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
+    assert_in_order(got, buf.total(), exact=True)
+    assert all(len(m.payload) <= 4000 for m in got)
+    assert max(len(m.payload) for m in got) > 2000  # split in halves, not into single polls
+    await until(lambda: pub.readings_sent == 2 * 40 * 20, 5, "every reading counted as sent")
+
+
+async def test_a_poll_over_max_bytes_goes_alone_and_is_logged_once(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.publisher")
+    sub = subscribe(f"city/{GW}/+/telemetry")
+    buf = FakeBuffer(points=200)
+    buf.add(["meter-1"], polls=3)
+    await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_bytes": 1000}), buf)
+    got = await sub.wait_for_async(has_all(buf.total()), timeout=10)
+    assert [len(d["readings"]) for d in telemetry(got)] == [200, 200, 200]
+    assert len([r for r in caplog.records if "over mqtt.batch.max_bytes" in r.getMessage()]) == 1
+
+
+async def test_max_rate_paces_a_backlog(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher
+) -> None:
+    sub = subscribe(f"city/{GW}/+/telemetry")
+    buf = FakeBuffer()
+    buf.add(["meter-1"], polls=100)  # 500 readings
+    await start_publisher(settings(mosquitto.host, mosquitto.port, max_rate=400.0, batch={"max_readings": 50}), buf)
+    await sub.wait_for_async(has_all({"meter-1": 50}), timeout=10)
+    first = time.monotonic()
+    got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
+    assert_in_order(got, buf.total(), exact=True)
+    # A burst of one second's worth (400) goes at once, the other 100 at 400/s: 0.25 s more.
+    assert time.monotonic() - first >= 0.2
