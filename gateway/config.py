@@ -13,7 +13,6 @@ point names, overlapping registers).
 
 from __future__ import annotations
 
-import copy
 import glob
 import hashlib
 import json
@@ -23,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.driver import COMMON_DEVICE_KEYS, ConfigError, available_drivers, load_driver
@@ -51,7 +51,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     """
     doc = read_document(path)
     _include(doc, Path(path))
-    source = {k: copy.deepcopy(v) for k, v in doc.data.items() if k != "include"}
+    source = _as_written(doc)
     substitute_env(doc, os.environ if environ is None else environ)
     checker = _Checker(doc)
     root = checker.validate(RootSection, doc.data, ())
@@ -72,6 +72,15 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         source=source,
         commands=root.commands,
     )
+
+
+def _as_written(doc: Document) -> str:
+    """The config as written (``${ENV}`` unresolved), for the last-good copy: the file itself, or
+    with ``include:`` the merged document as YAML (made now, while it is still unresolved)."""
+    if not doc.data.get("include"):
+        return doc.text
+    merged = {k: v for k, v in doc.data.items() if k != "include"}
+    return yaml.dump(merged, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def _include(doc: Document, path: Path) -> None:

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -20,7 +19,7 @@ FILE_NAME = "last-good.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/gateway")
 
 
-def save(data_dir: Path, source: dict[str, Any]) -> bool:
+def save(data_dir: Path, source: str) -> bool:
     """Write ``source`` (the config as written, ``${ENV}`` references unresolved) atomically.
 
     Skips the write when the same content is there already (no needless flash wear). Returns True
@@ -28,7 +27,7 @@ def save(data_dir: Path, source: dict[str, Any]) -> bool:
     """
     path = data_dir / FILE_NAME
     text = "# The last config that ran well; used when the config file is invalid at start.\n"
-    text += yaml.safe_dump(source, sort_keys=False)
+    text += source
     try:
         if path.read_text() == text:
             return False

@@ -176,8 +176,8 @@ class Config:
     buffer: BufferSection
     devices: tuple[DeviceSpec, ...]
     hash: str  # sha256 of the validated content, short; reported in the status
-    # The merged document as written (includes inlined, ${ENV} unresolved): saved as the last good config.
-    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The config as written (${ENV} unresolved), kept as the last good one once it ran well.
+    source: str = field(default="", compare=False, repr=False)
     # Set when this is the last good config, run because the config file was invalid: the reason.
     fallback: str | None = None
     commands: CommandsSection = field(default_factory=CommandsSection)

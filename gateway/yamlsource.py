@@ -91,6 +91,7 @@ class Document:
     unresolved: set[Loc] = field(default_factory=set)  # values with an unset ${VAR}: already reported
     # Device entries merged from included files: global index -> (that file, its index there).
     origins: dict[int, tuple[str, int]] = field(default_factory=dict)
+    text: str = ""  # the file as read
 
     def problem(self, loc: Loc, message: str, *, line: int | None = None) -> None:
         """Record a problem at ``loc`` (at its line unless ``line`` is given).
@@ -130,9 +131,10 @@ class Document:
 def read_document(path: str | Path) -> Document:
     """Read and parse ``path``; raise ConfigFileError when it is not a usable YAML mapping."""
     shown = str(path)
-    loader, node = _compose(_read_text(Path(path), shown), shown)
+    text = _read_text(Path(path), shown)
+    loader, node = _compose(text, shown)
     try:
-        doc = Document(shown, None, SourceMap())
+        doc = Document(shown, None, SourceMap(), text=text)
         if node is not None:
             doc.data = _Builder(loader, doc).build(node, ())
     except yaml.MarkedYAMLError as exc:

@@ -47,7 +47,7 @@ def test_mqtt_and_restart_sections(tmp_path: Path) -> None:
 
 
 def test_save_is_atomic_private_and_skips_identical_content(tmp_path: Path) -> None:
-    source = {"gateway": {"id": "gw1"}, "mqtt": {"password": "${MQTT_PASSWORD}"}}
+    source = "gateway: {id: gw1}\nmqtt: {password: ${MQTT_PASSWORD}}  # from the environment\n"
     assert lastgood.save(tmp_path, source) is True
     saved = tmp_path / lastgood.FILE_NAME
     assert saved.stat().st_mode & 0o777 == 0o600
@@ -64,7 +64,7 @@ def test_save_is_atomic_private_and_skips_identical_content(tmp_path: Path) -> N
 def test_find_reads_the_data_dir_even_from_a_broken_file(tmp_path: Path, text: str) -> None:
     data = tmp_path / "state"
     data.mkdir()
-    lastgood.save(data, {"gateway": {"id": "gw1"}})
+    lastgood.save(data, "gateway: {id: gw1}\n")
     path = tmp_path / "gateway.yaml"
     path.write_text(text.replace("DIR", str(data)))
     assert lastgood.find(path) == data / lastgood.FILE_NAME
@@ -75,5 +75,23 @@ def test_find_uses_systemd_state_directory(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "gateway.yaml"
     path.write_text("not: [valid")
     assert lastgood.find(path) is None
-    lastgood.save(tmp_path, {"gateway": {"id": "gw1"}})
+    lastgood.save(tmp_path, "gateway: {id: gw1}\n")
     assert lastgood.find(path) == tmp_path / lastgood.FILE_NAME
+
+
+def test_the_last_good_copy_is_the_file_as_written_or_the_merged_includes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTT_HOST", "broker.example.org")
+    text = f"# site 7\ngateway: {{id: gw1, data_dir: {tmp_path}}}\nmqtt: {{host: '${{MQTT_HOST}}'}}\n"
+    (tmp_path / "plain.yaml").write_text(text)
+    assert load_config(tmp_path / "plain.yaml").source == text  # comments and ${...} kept as written
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.yaml").write_text("devices:\n  - {name: a, driver: simulated, points: [{name: x}]}\n")
+    (tmp_path / "main.yaml").write_text(text + "include: [conf.d/*.yaml]\n")
+    config = load_config(tmp_path / "main.yaml")
+    assert config.mqtt.host == "broker.example.org"
+    lastgood.save(tmp_path, config.source)
+    saved = (tmp_path / lastgood.FILE_NAME).read_text()
+    assert "${MQTT_HOST}" in saved and "include" not in saved
+    again = load_config(tmp_path / lastgood.FILE_NAME)  # loads on its own, the devices inlined
+    assert [d.name for d in again.devices] == ["a"] and again.hash == config.hash
