@@ -225,9 +225,12 @@ class Link:
     def _make_client(self) -> Any:
         from pymodbus.exceptions import ConnectionException, ModbusIOException
 
+        from drivers.modbus import blockpdu
+
         self._timeout_errors = (ModbusIOException, asyncio.TimeoutError)
         self._link_errors = (ConnectionException, OSError)
         client = _new_client(self.connection, self._name, self._trace_packet)
+        blockpdu.register(client)  # register answers as bytes: no per-register decoding in pymodbus
         _watch_frames(client, self._count_bad_frame)
         _guard_frames(client, self._count_bad_frame)
         self._readers = {table: getattr(client, method) for table, method in _READERS.items()}

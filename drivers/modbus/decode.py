@@ -20,9 +20,11 @@ So a 64-bit value with big-endian bytes ``A B C D E F G H`` arrives as registers
 ``AB CD EF GH`` (ABCD), ``GH EF CD AB`` (CDAB), ``BA DC FE HG`` (BADC), ``HG FE DC BA`` (DCBA);
 a 16-bit value ``A B`` as ``AB`` (ABCD, CDAB) or ``BA`` (BADC, DCBA).
 
-Decoding uses that symmetry: a block's registers are packed once as big-endian bytes and, if some
-point needs it, once more with the bytes of every register swapped. Each of the four orders is
-then a plain big- or little-endian ``struct`` unpack of one of those two buffers.
+Decoding uses that symmetry: a block's registers are taken as big-endian bytes (the answer's data
+bytes as they came off the wire; see ``blockpdu.py``) and, if some point needs it, once more with
+the bytes of every register swapped. Each of the four orders is then a plain big- or little-endian
+``struct`` unpack of one of those two buffers, one unpack per lane for the whole block; a lane of
+plain integers in point order lands in the values with one slice assignment.
 
 The other layouts fit the same unpack: ``int8``/``uint8`` are one byte of a register (``bx`` or
 ``xb`` in the big-endian buffer), ``float16`` is ``e``, a ``string`` of N registers is ``2Ns``
@@ -49,8 +51,8 @@ TABLE_ORDER = ("holding", "input", "coil", "discrete")
 
 ILLEGAL_ADDRESS = 2
 __all__ = [
-    "ILLEGAL_ADDRESS", "NOT_A_NUMBER", "Block", "Lane", "decode_bits", "decode_registers", "exception_text",
-    "fail_block", "make_block", "plan_reads", "split_block",
+    "ILLEGAL_ADDRESS", "NOT_A_NUMBER", "Block", "Lane", "decode_bits", "decode_register_bytes", "decode_registers",
+    "exception_text", "fail_block", "make_block", "plan_reads", "split_block",
 ]
 
 EXCEPTION_NAMES = {
@@ -87,6 +89,9 @@ class Lane:
     swapped: bool  # unpack the byte-swapped buffer
     unpack: Callable[[bytes], tuple[Any, ...]]
     targets: tuple[Target, ...]
+    # When every target is a plain integer and their indices run consecutively: where the whole
+    # unpack lands in the values, in one slice assignment.
+    plain: slice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,8 @@ class Block:
     indices: tuple[int, ...]
     lanes: tuple[Lane, ...] = ()
     bits: tuple[tuple[int, int, Convert | None], ...] = ()
-    pack_be: Callable[..., bytes] | None = None
-    pack_swapped: Callable[..., bytes] | None = None
+    pack_be: Callable[..., bytes] | None = None  # registers (ints) -> big-endian bytes
+    swapped: bool = False  # some lane unpacks the byte-swapped buffer
 
     @property
     def is_bits(self) -> bool:
@@ -177,8 +182,8 @@ def make_block(points: Sequence[Point], table: str, indices: Sequence[int]) -> B
         count,
         tuple(indices),
         lanes=lanes,
-        pack_be=struct.Struct(f">{count}H").pack if any(not lane.swapped for lane in lanes) else None,
-        pack_swapped=struct.Struct(f"<{count}H").pack if any(lane.swapped for lane in lanes) else None,
+        pack_be=struct.Struct(f">{count}H").pack,
+        swapped=any(lane.swapped for lane in lanes),
     )
 
 
@@ -202,9 +207,19 @@ def _build_lanes(points: Sequence[Point], indices: Sequence[int], start: int) ->
         lane[4].append((i, *_conversion(point)))
         lane[2] = point.address + point.span
     return tuple(
-        Lane(swapped, struct.Struct(("<" if little else ">") + "".join(parts)).unpack_from, tuple(targets))
+        Lane(swapped, struct.Struct(("<" if little else ">") + "".join(parts)).unpack_from, tuple(targets),
+             _plain_slice(targets))
         for swapped, little, _, parts, targets in building
     )
+
+
+def _plain_slice(targets: Sequence[Target]) -> slice | None:
+    """The slice of the values a lane fills when all its targets are plain integers in index order."""
+    first = targets[0][0]
+    for k, (index, conversion, _scale, _offset, _custom) in enumerate(targets):
+        if conversion != PLAIN or index != first + k:
+            return None
+    return slice(first, first + len(targets))
 
 
 def _layout(point: Point) -> tuple[bool, bool, str]:
@@ -242,10 +257,21 @@ def decode_registers(
     if len(registers) != block.count:
         fail_block(block, f"bad response ({len(registers)} registers, expected {block.count})", errors)
         return
-    be = block.pack_be(*registers) if block.pack_be else b""
-    swapped = block.pack_swapped(*registers) if block.pack_swapped else b""
+    assert block.pack_be is not None  # every register block has one
+    decode_register_bytes(block, block.pack_be(*registers), values, errors)
+
+
+def decode_register_bytes(block: Block, data: bytes, values: list[Any], errors: dict[int, str]) -> None:
+    """Like ``decode_registers``, from the registers as big-endian bytes (the answer's data on the wire)."""
+    if len(data) != 2 * block.count:
+        fail_block(block, f"bad response ({len(data) // 2} registers, expected {block.count})", errors)
+        return
+    swapped = _swap_bytes(data) if block.swapped else b""
     for lane in block.lanes:
-        raw = lane.unpack(swapped if lane.swapped else be)
+        raw = lane.unpack(swapped if lane.swapped else data)
+        if lane.plain is not None:
+            values[lane.plain] = raw
+            continue
         for (index, conversion, scale, offset, custom), value in zip(lane.targets, raw, strict=True):
             if conversion == PLAIN:
                 values[index] = value
@@ -263,6 +289,14 @@ def decode_registers(
                 values[index] = scaled
             else:  # a float64 near its largest, scaled up
                 errors[index] = NOT_A_NUMBER
+
+
+def _swap_bytes(data: bytes) -> bytes:
+    """``data`` with the two bytes of every register swapped (four slice copies, no per-register work)."""
+    out = bytearray(len(data))
+    out[0::2] = data[1::2]
+    out[1::2] = data[0::2]
+    return bytes(out)
 
 
 def decode_bits(block: Block, bits: Sequence[bool], values: list[Any], errors: dict[int, str]) -> None:

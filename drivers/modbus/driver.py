@@ -21,6 +21,7 @@ from drivers.modbus.decode import (
     ILLEGAL_ADDRESS,
     Block,
     decode_bits,
+    decode_register_bytes,
     decode_registers,
     exception_text,
     fail_block,
@@ -321,6 +322,8 @@ class ModbusDriver:
                 _keep_raw(self._points, block, response, self._raw)
             if block.is_bits:
                 decode_bits(block, response.bits, values, errors)
+            elif (raw := getattr(response, "raw", None)) is not None:  # blockpdu: the bytes on the wire
+                decode_register_bytes(block, raw, values, errors)
             else:
                 decode_registers(block, response.registers, values, errors)
             return
