@@ -1,14 +1,16 @@
 """`gateway bench`: the real pipeline, measured end to end, with every reading accounted for by seq.
 
-Each scenario runs ``python -m gateway.cli run`` as a separate process with simulated devices, a
+Each scenario runs ``python -m gateway.cli run`` as a separate process with simulated devices (the
+modbus scenario: one Modbus TCP device served from this process, see gateway.benchmodbus), a
 temporary data directory and a real broker (a private Mosquitto, or ``--broker HOST:PORT``), and a
 subscriber in this process that counts, per device, which seqs arrived (gateway.benchsub). The
 gateway is measured from outside through /proc (gateway.benchrun). At the end of every scenario
-the devices are made to fail (their ``fail_flag`` files), the buffer drains, and what arrived is
-checked against what was produced (each device's last committed seq): a reading missing by seq,
-or evicted by the buffer, fails the bench.
+the devices are made to fail (``Group.fail``: the simulated devices' ``fail_flag`` files, or the
+Modbus server answering with an exception), the buffer drains, and what arrived is checked
+against what was produced (each device's last committed seq): a reading missing by seq, or
+evicted by the buffer, fails the bench.
 
-Scenarios: load, saturation, moderate, drain, wire, startup (see ``SCENARIOS``).
+Scenarios: load, saturation, moderate, modbus, drain, wire, startup (see ``SCENARIOS``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateway.benchrun import (
     BenchError,
     DeviceGroup,
     GatewayProcess,
+    Group,
     bench_config,
     cpu_seconds,
     device_totals,
@@ -44,7 +47,7 @@ from gateway.benchrun import (
 )
 from gateway.benchsub import BenchSubscriber
 
-SCENARIOS = ("load", "saturation", "moderate", "drain", "wire", "startup")
+SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup")
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
@@ -77,7 +80,7 @@ class Run:
     name: str
     gw: GatewayProcess
     sub: BenchSubscriber
-    groups: list[DeviceGroup]
+    groups: list[Group]
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,6 +162,16 @@ class Bench:
         """--devices x --points every second: CPU with all fixed costs, RSS, latency, disk bytes."""
         return self._steady("moderate", [self.moderate_group()], self.opts.encoding, self.opts.duration)
 
+    def scenario_modbus(self) -> dict[str, Any]:
+        """One Modbus TCP device, 100 holding registers every 100 ms, served by pymodbus in this process."""
+        from gateway.benchmodbus import ModbusBenchServer, ModbusGroup
+
+        self.progress.step("modbus: starting the Modbus server")
+        with ModbusBenchServer() as server:
+            result = self._steady("modbus", [ModbusGroup("modbus", server)], self.opts.encoding, self.opts.duration)
+            result["server_reads"] = server.reads
+        return result
+
     def scenario_wire(self) -> dict[str, Any]:
         """Bytes on the wire per reading for each encoding, at the moderate load."""
         out: dict[str, Any] = {"ok": True}
@@ -193,13 +206,13 @@ class Bench:
     # -- the parts of a run ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def open_run(self, name: str, groups: list[DeviceGroup], encoding: str, *, port: int | None = None,
+    def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
                  subscribe: bool = True) -> Iterator[Run]:
         """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
         workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True)
         for group in groups:
-            group.fail_flag.unlink(missing_ok=True)
+            group.revive()
         gateway_id = f"bench-{name}-{workdir.name[-6:]}"
         port = self.port if port is None else port
         config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
@@ -215,7 +228,7 @@ class Bench:
             run.gw.close()
             run.sub.close()
 
-    def _steady(self, name: str, groups: list[DeviceGroup], encoding: str, window: float) -> dict[str, Any]:
+    def _steady(self, name: str, groups: list[Group], encoding: str, window: float) -> dict[str, Any]:
         """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
         with self.open_run(name, groups, encoding) as run:
             ready = run.gw.start().wait_ready()
@@ -324,8 +337,9 @@ class Bench:
 
         Returns each device's last committed seq, and the buffer's evicted count.
         """
+        run.gw.devices_failing()
         for group in run.groups:
-            group.fail_flag.touch()
+            group.fail()
         last, since = -1, time.monotonic()
         while True:
             status = run.gw.status()
@@ -356,11 +370,12 @@ class Bench:
 # -- figures ----------------------------------------------------------------------------------------
 
 
-def _describe(groups: list[DeviceGroup], encoding: str, commit_interval: float) -> dict[str, Any]:
+def _describe(groups: list[Group], encoding: str, commit_interval: float) -> dict[str, Any]:
     return {
         "devices": sum(g.count for g in groups),
         "points_per_device": groups[0].points,
-        "groups": [{"devices": g.count, "points": g.points, "interval_s": g.interval} for g in groups],
+        "groups": [{"devices": g.count, "points": g.points, "interval_s": g.interval, "driver": g.driver}
+                   for g in groups],
         "offered_per_s": sum(g.rate for g in groups),
         "encoding": encoding,
         "commit_interval_s": commit_interval,

@@ -78,7 +78,7 @@ def _fill(bench: Bench, run: Run, readings: int) -> float:
 
 def _stop_fillers(bench: Bench, run: Run, fill: DeviceGroup) -> dict[str, int]:
     """Stop the filler devices, wait until all they read is committed; every device's last seq."""
-    fill.fail_flag.touch()
+    fill.fail()
     names = set(fill.names)
     deadline = time.monotonic() + 30.0 + 5 * bench.opts.commit_interval
     while True:

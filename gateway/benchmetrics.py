@@ -63,6 +63,10 @@ def window_figures(window: Window, offered: float) -> dict[str, Any]:
         "peak_rss_window_bytes": last.proc.peak_rss,
         "bench_cpu_percent": (last.bench_cpu_s - first.bench_cpu_s) / dt * 100,
     }
+    requests = last.totals.get("requests", 0) - first.totals.get("requests", 0)
+    driver_polls = last.totals.get("driver_polls", 0) - first.totals.get("driver_polls", 0)
+    if requests and driver_polls:  # drivers that count their requests (modbus): did the reads coalesce?
+        out["requests_per_poll"] = requests / driver_polls
     if first.proc.write_bytes is not None and last.proc.write_bytes is not None:
         produced = last.totals["produced"] - first.totals["produced"]
         out["disk_bytes_per_reading_window"] = _per(last.proc.write_bytes - first.proc.write_bytes, produced)

@@ -11,7 +11,8 @@ Row = tuple[str, str, str]  # label, value, note
 NOTES = (
     "Delivered = distinct readings that reached the bench's subscriber (checked by seq), not just produced.",
     "CPU = the gateway process's CPU time, all threads (in a window: /proc/<pid>/task/*/schedstat; whole"
-    " run: wait4); it includes the simulated devices' own work and the bench's status requests (one per 2 s)."
+    " run: wait4); it includes the simulated devices' own work and the bench's status requests (one per 2 s);"
+    " the modbus scenario's Modbus server runs in the bench process (others' CPU)."
     " RSS = its peak resident set (ru_maxrss).",
     "Latency = arrival at the subscriber - reading timestamp; the broker forwards and PUBACKs at the same"
     " moment, so this is read-to-PUBACK give or take ~1 ms on loopback.",
@@ -45,7 +46,7 @@ def render(report: dict[str, Any]) -> str:
 def _scenario(name: str, r: dict[str, Any]) -> list[str]:
     header = f"{name}"
     if "groups" in r:
-        groups = " + ".join(f"{g['devices']} devices x {g['points']} points every {_dur(g['interval_s'])}"
+        groups = " + ".join(f"{_devices(g)} x {g['points']} points every {_dur(g['interval_s'])}"
                             for g in r["groups"])
         header += (f"  (offered {_num(r['offered_per_s'])} readings/s: {groups}, {r['encoding']},"
                    f" commit every {_dur(r['commit_interval_s'])})")
@@ -101,6 +102,15 @@ def _moderate_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _modbus_rows(r: dict[str, Any]) -> list[Row]:
+    rows = _moderate_rows(r)
+    if "requests_per_poll" in r:
+        rows.insert(2, ("Modbus requests", f"{_f(r['requests_per_poll'], 2)} per poll",
+                        f"{r['points_per_device']} holding registers per poll (coalesced block reads);"
+                        f" {_num(r.get('server_reads'))} reads served"))
+    return rows
+
+
 def _drain_rows(r: dict[str, Any]) -> list[Row]:
     if "drain_per_s" not in r:
         return []
@@ -142,7 +152,8 @@ def _startup_rows(r: dict[str, Any]) -> list[Row]:
 
 
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "moderate": _moderate_rows, "drain": _drain_rows, "wire": _wire_rows, "startup": _startup_rows,
+    "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
+    "startup": _startup_rows,
 }
 
 
@@ -156,6 +167,13 @@ def _wire_check(r: dict[str, Any]) -> tuple[str, str]:
     parts = [f"{enc}: {_num(r[enc]['produced'])} produced, {_num(r[enc]['missing'])} missing"
              for enc in ("cbor", "json", "packed") if isinstance(r.get(enc), dict) and "produced" in r[enc]]
     return ("OK" if r.get("ok") else "LOST"), "; ".join(parts)
+
+
+def _devices(group: dict[str, Any]) -> str:
+    """``10 devices``; a group of another driver than the simulated one names it: ``1 modbus device``."""
+    n, driver = group["devices"], group.get("driver", "simulated")
+    kind = "" if driver == "simulated" else f"{driver} "
+    return f"{n} {kind}device{'' if n == 1 and kind else 's'}"
 
 
 def _num(x: float | None) -> str:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import yaml
 
@@ -33,19 +33,44 @@ class BenchError(RuntimeError):
     """The bench could not measure (the gateway died, a step timed out); the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceGroup:
-    """``count`` simulated devices of ``points`` points each, polled every ``interval`` seconds.
+class Group(Protocol):
+    """What the bench needs of a group of devices: their gateway.yaml entries, and a way to make
+    every one of them fail (``fail``) or answer again (``revive``), so the buffer can be drained
+    and checked at the end of a run."""
 
-    Every device of the group stops answering while ``fail_flag`` exists.
-    """
+    driver: ClassVar[str]
 
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def points(self) -> int: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def rate(self) -> float: ...
+
+    def entries(self) -> list[dict[str, Any]]: ...
+
+    def fail(self) -> None: ...
+
+    def revive(self) -> None: ...
+
+
+class GroupShape:
+    """What every device group has: ``count`` devices named ``prefix`` + 3 digits, ``points`` points
+    each, polled every ``interval`` seconds."""
+
+    __slots__ = ()
     prefix: str
     count: int
     points: int
     interval: float
-    signals: tuple[str, ...]
-    fail_flag: Path
 
     @property
     def names(self) -> list[str]:
@@ -57,11 +82,35 @@ class DeviceGroup:
         """Readings offered per second."""
         return self.count * self.points / self.interval
 
+
+@dataclass(frozen=True, slots=True)
+class DeviceGroup(GroupShape):
+    """``count`` simulated devices of ``points`` points each, polled every ``interval`` seconds.
+
+    Every device of the group stops answering while ``fail_flag`` exists.
+    """
+
+    driver: ClassVar[str] = "simulated"
+    prefix: str
+    count: int
+    points: int
+    interval: float
+    signals: tuple[str, ...]
+    fail_flag: Path
+
     def entries(self) -> list[dict[str, Any]]:
         """The group's device entries for gateway.yaml."""
         points = [_point(i, self.signals[i % len(self.signals)]) for i in range(self.points)]
-        return [{"name": name, "driver": "simulated", "interval": self.interval, "fail_flag": str(self.fail_flag),
+        return [{"name": name, "driver": self.driver, "interval": self.interval, "fail_flag": str(self.fail_flag),
                  "points": points} for name in self.names]
+
+    def fail(self) -> None:
+        """Make every device of the group stop answering (create the fail flag)."""
+        self.fail_flag.touch()
+
+    def revive(self) -> None:
+        """Make the devices answer again (remove the fail flag)."""
+        self.fail_flag.unlink(missing_ok=True)
 
 
 def _point(i: int, signal: str) -> dict[str, Any]:
@@ -74,7 +123,7 @@ def _point(i: int, signal: str) -> dict[str, Any]:
 
 
 def bench_config(*, gateway_id: str, data_dir: Path, host: str, port: int, encoding: str,
-                 commit_interval: float, groups: list[DeviceGroup]) -> dict[str, Any]:
+                 commit_interval: float, groups: list[Group]) -> dict[str, Any]:
     """A gateway.yaml (as a dict) for ``groups`` against ``host:port``, data in ``data_dir``."""
     return {
         "gateway": {"id": gateway_id, "data_dir": str(data_dir)},
@@ -169,6 +218,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.usage: ExitUsage | None = None
+        self._failing_from: int | None = None  # log size when the bench began to make the devices fail
 
     def start(self) -> GatewayProcess:
         """Spawn the process (returns at once; see ``wait_ready``)."""
@@ -251,22 +301,31 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    def devices_failing(self) -> None:
+        """Note that the bench makes the devices fail from now on: their "lost" lines are not warnings."""
+        try:
+            self._failing_from = self.log_path.stat().st_size
+        except OSError:
+            self._failing_from = 0
+
     def warnings(self, limit: int = 5) -> list[str]:
         """The first ``limit`` distinct WARNING/ERROR lines of the gateway's log (without timestamps)."""
         found: dict[str, None] = {}
         try:
-            text = self.log_path.read_text(errors="replace")
+            data = self.log_path.read_bytes()
         except OSError:
             return []
-        for line in text.splitlines():
-            if "lost: simulated failure" in line:
-                continue  # the bench stopping the devices at the end
-            for level in (" WARNING ", " ERROR ", " CRITICAL "):
-                if level in line:
-                    found.setdefault(line[line.index(level) + 1:], None)
-                    break
-            if len(found) >= limit:
-                break
+        cut = len(data) if self._failing_from is None else self._failing_from
+        for part, stopping in ((data[:cut], False), (data[cut:], True)):
+            for line in part.decode(errors="replace").splitlines():
+                if "lost: simulated failure" in line or (stopping and " lost: " in line):
+                    continue  # the bench stopping the devices (the drain's fillers, everything at the end)
+                for level in (" WARNING ", " ERROR ", " CRITICAL "):
+                    if level in line:
+                        found.setdefault(line[line.index(level) + 1:], None)
+                        break
+                if len(found) >= limit:
+                    return list(found)
         return list(found)
 
     def log_tail(self, lines: int = 15) -> str:
@@ -280,9 +339,13 @@ class GatewayProcess:
 
 def device_totals(status: dict[str, Any], points: int) -> dict[str, int]:
     """Sums over the devices of a status document: produced (committed seqs), readings read (successful
-    polls x ``points``, the points per device), polls, overruns, errors."""
+    polls x ``points``, the points per device), polls, overruns, errors; and from drivers that keep
+    ``counters`` (modbus), the requests they sent and their own count of polls (both counted as a poll
+    starts, so their ratio is exact even mid-poll)."""
     devices = status.get("devices", {}).values()
     return {
+        "requests": sum(int((d.get("counters") or {}).get("requests", 0)) for d in devices),
+        "driver_polls": sum(int((d.get("counters") or {}).get("polls", 0)) for d in devices),
         "produced": sum(int(d.get("seq", 0)) for d in devices),
         "readings_read": sum(int(d.get("polls", 0)) for d in devices) * points,
         "polls": sum(int(d.get("polls", 0)) for d in devices),

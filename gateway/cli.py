@@ -73,12 +73,14 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Runs `gateway run` with simulated devices against a real broker and counts every "
                     "reading that arrives, by seq; exits 1 if any reading was lost. Scenarios: load "
                     "(--devices x --points every --interval), saturation (4x the load's devices), moderate "
-                    "(--devices x --points every 1 s), drain (a backlog built at the load's rate with the "
-                    "broker away, drained while the moderate load polls on), wire (cbor and json at the "
+                    "(--devices x --points every 1 s), modbus (one Modbus TCP device served by pymodbus in the "
+                    "bench process: 100 holding registers every 100 ms, whatever --devices and --points), "
+                    "drain (a backlog built at the load's rate with the broker away, drained while the "
+                    "moderate load polls on), wire (cbor and json at the "
                     "moderate load, at most 5 s each), startup.",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,drain,wire,startup (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,

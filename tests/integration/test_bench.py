@@ -16,6 +16,7 @@ import cbor2
 import paho.mqtt.client as paho
 import pytest
 
+from gateway.benchreport import render
 from gateway.benchsub import BenchSubscriber, mqtt_overhead
 from tests.support.broker import Mosquitto
 
@@ -86,6 +87,25 @@ def test_moderate_and_drain_scenarios() -> None:
     assert drain["drain_s"] > 0 and drain["drain_per_s"] > 0
     assert drain["reconnect_s"] >= 0 and drain["fill_s"] > 0
     assert drain["produced"] >= drain["backlog_readings"]
+
+
+def test_modbus_scenario() -> None:
+    """One Modbus TCP device served by the bench itself: coalesced into one request per poll, every
+    reading delivered, and the device made to fail at the end (the server answers exception 11)."""
+    report = _bench("--scenario", "modbus", "--duration", "2", "--warmup", "1s", "--devices", "3", "--points", "7")
+    assert set(report["scenarios"]) == {"modbus"}
+    modbus = report["scenarios"]["modbus"]
+    _accounted(modbus)
+    _steady_sane(modbus, offered=100 / 0.1)  # 100 registers every 100 ms, whatever --devices and --points
+    assert modbus["devices"] == 1 and modbus["points_per_device"] == 100
+    assert modbus["groups"] == [{"devices": 1, "points": 100, "interval_s": 0.1, "driver": "modbus"}]
+    assert modbus["produced"] % 100 == 0  # whole polls only: a failing poll produces nothing
+    assert modbus["requests_per_poll"] == pytest.approx(1.0, abs=0.1)  # 100 registers, one request
+    assert modbus["server_reads"] * 100 >= modbus["produced"]
+    assert not modbus["gateway_warnings"], modbus["gateway_warnings"]  # the final failure is not one
+    table = render(report)
+    assert "modbus  (offered 1,000 readings/s: 1 modbus device x 100 points every 100 ms" in table
+    assert "Modbus requests" in table and "result: OK" in table
 
 
 def test_wire_and_startup_against_a_given_broker(mosquitto: Mosquitto) -> None:
