@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,6 +36,7 @@ T = TypeVar("T")
 # Share of the event loop thread's time on CPU from which a publisher falling behind means the
 # gateway lacks CPU (polls are then skipped); below it, the link is what is slow (readings are kept).
 BUSY = 0.5
+COMMIT_AFTER = 0.05  # seconds after a point of the commit grid that the commit runs
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
@@ -252,7 +254,9 @@ class Buffer:
     async def _tick(self) -> None:
         """Commit on a fixed grid of commit_interval, and at once when put() asks (commit_soon)."""
         loop = asyncio.get_running_loop()
-        due = loop.time() + self._interval
+        # On the commit interval's grid of the monotonic clock, COMMIT_AFTER past it: polls run on
+        # the grids of their intervals (gateway.scheduler), so a commit comes just after them.
+        due = math.ceil(loop.time() / self._interval) * self._interval + min(COMMIT_AFTER, self._interval / 4)
         since, cpu = loop.time(), time.thread_time()
         while True:
             with contextlib.suppress(TimeoutError):

@@ -61,6 +61,34 @@ def next_deadline(deadline: float, interval: float, now: float) -> tuple[float, 
     return deadline + missed * interval, missed
 
 
+def aligned(t: float, interval: float) -> float:
+    """The point of the ``interval`` grid (multiples of it on the monotonic clock) nearest to ``t``."""
+    return math.floor(t / interval + 0.5) * interval
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until the event loop's clock (the monotonic clock) reads ``deadline``.
+
+    Unlike ``asyncio.sleep(deadline - now)`` the timer is due at exactly ``deadline``: tasks
+    waiting for the same deadline are woken in one pass of the loop.
+    """
+    loop = asyncio.get_running_loop()
+    if deadline <= loop.time():
+        await asyncio.sleep(0)
+        return
+    woken = loop.create_future()
+    handle = loop.call_at(deadline, _wake, woken)
+    try:
+        await woken
+    finally:
+        handle.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> float:
     """Delay before the next attempt at a failing device: the interval, doubling, capped."""
     return min(max(cap, interval), interval * (2 ** min(failures - 1, 30)))
@@ -126,7 +154,10 @@ class DeviceTask:
     async def _run(self) -> None:
         interval = self.spec.interval
         failures = 0
-        deadline = time.monotonic()
+        # The first poll is now; the next ones on the interval's grid of the monotonic clock, so
+        # devices with the same interval poll in one wake-up of the event loop (the nearest grid
+        # point stands for this first poll).
+        deadline = aligned(time.monotonic(), interval)
         while True:
             if self._congested():  # the pipeline is past its capacity: skip this poll, count it
                 self.health.overruns += 1
@@ -134,18 +165,20 @@ class DeviceTask:
                     await self._relief()
                 deadline, missed = next_deadline(deadline, interval, time.monotonic())
                 self.health.overruns += missed
-                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                await sleep_until(deadline)
                 continue
             ok = await self._poll_once()
             now = time.monotonic()
             if ok:
+                if failures:  # back from a backoff: onto the grid again
+                    deadline = aligned(deadline, interval)
                 failures = 0
                 deadline, missed = next_deadline(deadline, interval, now)
                 self.health.overruns += missed
             else:
                 failures += 1
                 deadline = now + backoff_delay(interval, failures)
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            await sleep_until(deadline)
 
     async def _poll_once(self) -> bool:
         try:

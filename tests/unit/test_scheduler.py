@@ -199,3 +199,28 @@ async def test_a_congested_pipeline_skips_polls_and_waits_for_relief_not_each_in
     await sched.stop_all()
     assert task.health.overruns >= 10  # the skipped poll and the slots it waited through
     assert [b.values[0] for b in batches][:3] == [1, 2, 3]
+
+
+class _StampDriver(SimulatedDriver):
+    async def poll(self) -> PollResult:
+        result = await super().poll()
+        return PollResult([asyncio.get_running_loop().time()] + result.values[1:])
+
+
+async def test_devices_with_one_interval_poll_together_on_its_grid() -> None:
+    """Polls run on multiples of the interval of the monotonic clock: devices started apart poll
+    together (their timers fall due at the same instant: one wake-up for all of them)."""
+    interval = 0.2
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    sched.add(_spec("a", interval), _StampDriver)  # type: ignore[arg-type]
+    await asyncio.sleep(0.07)  # the second device starts a third of an interval later
+    sched.add(_spec("b", interval), _StampDriver)  # type: ignore[arg-type]
+    await _until(lambda: sum(b.device == "b" for b in batches) >= 4)
+    await sched.stop_all()
+    polled = {d: [b.values[0] for b in batches if b.device == d][1:] for d in ("a", "b")}  # after the first
+    slots = {d: {round(t / interval) for t in times} for d, times in polled.items()}
+    assert slots["b"] and slots["b"] <= slots["a"]  # the same grid points...
+    at = {round(t / interval): t for t in polled["a"]}
+    assert all(abs(t - at[round(t / interval)]) < 0.005 for t in polled["b"])  # ...at the same moment
+    assert all(abs(t - round(t / interval) * interval) < interval / 4 for t in polled["a"] + polled["b"])
