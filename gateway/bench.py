@@ -51,6 +51,7 @@ SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "start
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
+METERED_LINGER = 3.0  # seconds the wire scenario's metered runs let a message fill
 STATUS_EVERY = 2.0  # seconds between status requests in a measuring window (each costs the gateway CPU)
 STALL = 30.0  # seconds without progress after which a waiting step gives up
 
@@ -180,6 +181,16 @@ class Bench:
             run = self._steady(f"wire-{encoding}", [self.moderate_group()], encoding, window)
             out[encoding] = run
             out["ok"] = out["ok"] and run["ok"]
+        # A metered link as the README sets it up: packed, deflated, messages filled for up to
+        # METERED_LINGER, on sensor-like data (half smooth, half noisy, two decimals; no counters).
+        o = self.opts
+        sensors = DeviceGroup("dev", o.devices, o.points, MODERATE_INTERVAL, ("sine", "random"),
+                              self.tmp / "stop.flag", decimals=2)
+        for name, compress in (("packed-metered", False), ("packed-metered-deflate", True)):
+            run = self._steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
+                               mqtt={"compress": compress, "batch": {"linger": METERED_LINGER}})
+            out[name] = run
+            out["ok"] = out["ok"] and run["ok"]
         return out
 
     def scenario_startup(self) -> dict[str, Any]:
@@ -207,7 +218,7 @@ class Bench:
 
     @contextlib.contextmanager
     def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
-                 subscribe: bool = True) -> Iterator[Run]:
+                 subscribe: bool = True, mqtt: dict[str, Any] | None = None) -> Iterator[Run]:
         """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
         workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True)
@@ -216,7 +227,8 @@ class Bench:
         gateway_id = f"bench-{name}-{workdir.name[-6:]}"
         port = self.port if port is None else port
         config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
-                              encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups)
+                              encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups,
+                              mqtt=mqtt)
         sub = BenchSubscriber(self.host, port, TOPIC_PREFIX, gateway_id)
         run = Run(name, GatewayProcess(workdir, config), sub, groups)
         run.result.update(_describe(groups, encoding, self.opts.commit_interval))
@@ -228,9 +240,10 @@ class Bench:
             run.gw.close()
             run.sub.close()
 
-    def _steady(self, name: str, groups: list[Group], encoding: str, window: float) -> dict[str, Any]:
+    def _steady(self, name: str, groups: list[Group], encoding: str, window: float,
+                mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
-        with self.open_run(name, groups, encoding) as run:
+        with self.open_run(name, groups, encoding, mqtt=mqtt) as run:
             ready = run.gw.start().wait_ready()
             self.wait_first(run)
             run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)

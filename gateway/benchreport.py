@@ -128,9 +128,13 @@ def _drain_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+# The wire scenario's runs; the metered ones: packed (and deflated) with linger, on sensor-like data.
+WIRE_RUNS = ("cbor", "json", "packed", "packed-metered", "packed-metered-deflate")
+
+
 def _wire_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for encoding in ("cbor", "json", "packed"):
+    for encoding in WIRE_RUNS:
         e = r.get(encoding)
         if not e or "wire_payload_bytes_per_reading" not in e:
             continue
@@ -165,7 +169,7 @@ def _check(r: dict[str, Any]) -> Row:
 
 def _wire_check(r: dict[str, Any]) -> tuple[str, str]:
     parts = [f"{enc}: {_num(r[enc]['produced'])} produced, {_num(r[enc]['missing'])} missing"
-             for enc in ("cbor", "json", "packed") if isinstance(r.get(enc), dict) and "produced" in r[enc]]
+             for enc in WIRE_RUNS if isinstance(r.get(enc), dict) and "produced" in r[enc]]
     return ("OK" if r.get("ok") else "LOST"), "; ".join(parts)
 
 

@@ -97,10 +97,11 @@ class DeviceGroup(GroupShape):
     interval: float
     signals: tuple[str, ...]
     fail_flag: Path
+    decimals: int = 6  # resolution of the sine and random values
 
     def entries(self) -> list[dict[str, Any]]:
         """The group's device entries for gateway.yaml."""
-        points = [_point(i, self.signals[i % len(self.signals)]) for i in range(self.points)]
+        points = [_point(i, self.signals[i % len(self.signals)], self.decimals) for i in range(self.points)]
         return [{"name": name, "driver": self.driver, "interval": self.interval, "fail_flag": str(self.fail_flag),
                  "points": points} for name in self.names]
 
@@ -113,21 +114,22 @@ class DeviceGroup(GroupShape):
         self.fail_flag.unlink(missing_ok=True)
 
 
-def _point(i: int, signal: str) -> dict[str, Any]:
+def _point(i: int, signal: str, decimals: int = 6) -> dict[str, Any]:
     point: dict[str, Any] = {"name": f"p{i:03d}", "signal": signal}
     if signal == "sine":
-        point.update(period=30.0 + i % 17, amplitude=10.0, offset=20.0)
+        point.update(period=30.0 + i % 17, amplitude=10.0, offset=20.0, decimals=decimals)
     elif signal == "random":
-        point.update(amplitude=10.0, offset=20.0)
+        point.update(amplitude=10.0, offset=20.0, decimals=decimals)
     return point
 
 
 def bench_config(*, gateway_id: str, data_dir: Path, host: str, port: int, encoding: str,
-                 commit_interval: float, groups: list[Group]) -> dict[str, Any]:
-    """A gateway.yaml (as a dict) for ``groups`` against ``host:port``, data in ``data_dir``."""
+                 commit_interval: float, groups: list[Group], mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A gateway.yaml (as a dict) for ``groups`` against ``host:port``, data in ``data_dir``;
+    ``mqtt`` adds to its mqtt section."""
     return {
         "gateway": {"id": gateway_id, "data_dir": str(data_dir)},
-        "mqtt": {"host": host, "port": port, "topic_prefix": TOPIC_PREFIX, "encoding": encoding},
+        "mqtt": {"host": host, "port": port, "topic_prefix": TOPIC_PREFIX, "encoding": encoding, **(mqtt or {})},
         "buffer": {"max_mb": 1024, "commit_interval": commit_interval},
         "devices": [entry for group in groups for entry in group.entries()],
     }

@@ -23,6 +23,7 @@ class SimPoint(BaseModel):
     period: Duration = 60.0  # sine period
     amplitude: float = 1.0  # sine amplitude, random spread
     offset: float = 0.0
+    decimals: int = Field(default=6, ge=0, le=12)  # the resolution of sine and random values
     unit: str | None = None
 
 
@@ -62,8 +63,9 @@ class SimulatedDriver:
             groups[p.signal].append(i)
         pts = config.points
         self._counters = [int(pts[i].offset) for i in groups["counter"]]
-        self._sines = [(2 * math.pi / pts[i].period, pts[i].amplitude, pts[i].offset) for i in groups["sine"]]
-        self._randoms = [(pts[i].amplitude, pts[i].offset) for i in groups["random"]]
+        self._sines = [(2 * math.pi / pts[i].period, pts[i].amplitude, pts[i].offset, 10.0 ** pts[i].decimals)
+                       for i in groups["sine"]]
+        self._randoms = [(pts[i].amplitude, pts[i].offset, 10.0 ** pts[i].decimals) for i in groups["random"]]
         order = groups["counter"] + groups["sine"] + groups["random"]
         at = {point: k for k, point in enumerate(order)}
         self._in_point_order = operator.itemgetter(*(at[i] for i in range(len(pts))))
@@ -75,10 +77,10 @@ class SimulatedDriver:
         self._check_alive()
         self._count += 1
         n, now, rnd, sin = self._count, time.time(), self._rng.random, math.sin
-        # round(x * 1e6) / 1e6: six decimals, as a sensor gives, much cheaper than round(x, 6)
+        # round(x * 10**d) / 10**d: d decimals, as a sensor gives, much cheaper than round(x, d)
         grouped = [n + offset for offset in self._counters]
-        grouped += [round((o + a * sin(w * now)) * 1e6) / 1e6 for w, a, o in self._sines]
-        grouped += [round((o + a * (rnd() - 0.5)) * 1e6) / 1e6 for a, o in self._randoms]
+        grouped += [round((o + a * sin(w * now)) * k) / k for w, a, o, k in self._sines]
+        grouped += [round((o + a * (rnd() - 0.5)) * k) / k for a, o, k in self._randoms]
         if len(grouped) == 1:
             return PollResult(grouped)
         return PollResult(list(self._in_point_order(grouped)))

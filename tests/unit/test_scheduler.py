@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.simulated.driver import SimulatedConfig, SimulatedDriver
+from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
 from gateway.scheduler import MAX_BACKOFF, Scheduler, backoff_delay, next_deadline
 from gateway.settings import DeviceSpec
@@ -204,7 +205,7 @@ async def test_a_congested_pipeline_skips_polls_and_waits_for_relief_not_each_in
 class _StampDriver(SimulatedDriver):
     async def poll(self) -> PollResult:
         result = await super().poll()
-        return PollResult([asyncio.get_running_loop().time()] + result.values[1:])
+        return PollResult([asyncio.get_running_loop().time(), *result.values[1:]])
 
 
 async def test_devices_with_one_interval_poll_together_on_its_grid() -> None:
@@ -224,3 +225,16 @@ async def test_devices_with_one_interval_poll_together_on_its_grid() -> None:
     at = {round(t / interval): t for t in polled["a"]}
     assert all(abs(t - at[round(t / interval)]) < 0.005 for t in polled["b"])  # ...at the same moment
     assert all(abs(t - round(t / interval) * interval) < interval / 4 for t in polled["a"] + polled["b"])
+
+
+async def test_simulated_values_keep_their_points_order_and_resolution() -> None:
+    options = SimulatedConfig.model_validate({"points": [
+        {"name": "s", "signal": "sine", "decimals": 2, "amplitude": 10, "offset": 20},
+        {"name": "c", "signal": "counter", "offset": 100},
+        {"name": "r", "signal": "random", "decimals": 0, "amplitude": 50}]})
+    spec = DeviceSpec(name="d", driver="simulated", interval=1.0, enabled=True, options=options)
+    driver = SimulatedDriver(spec.options, DeviceInfo(name="d", interval=1.0, shared=SharedPool(), data_dir=None))
+    polls = [(await driver.poll()).values for _ in range(3)]
+    assert [p[1] for p in polls] == [101, 102, 103]  # the counter, in its place
+    assert all(10 <= p[0] <= 30 and round(p[0], 2) == p[0] for p in polls)
+    assert all(isinstance(p[2], float) and p[2] == int(p[2]) and abs(p[2]) <= 25 for p in polls)
