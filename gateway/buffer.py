@@ -36,7 +36,9 @@ T = TypeVar("T")
 # Share of the event loop thread's time on CPU from which a publisher falling behind means the
 # gateway lacks CPU (polls are then skipped); below it, the link is what is slow (readings are kept).
 BUSY = 0.5
-COMMIT_AFTER = 0.05  # seconds after a point of the commit grid that the commit runs
+# Passes of the event loop a commit on its grid lets run first: polls due at the same instant
+# (gateway.scheduler puts them on the grids of their intervals) hand over their batches in them.
+POLL_PASSES = 2
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
@@ -254,14 +256,17 @@ class Buffer:
     async def _tick(self) -> None:
         """Commit on a fixed grid of commit_interval, and at once when put() asks (commit_soon)."""
         loop = asyncio.get_running_loop()
-        # On the commit interval's grid of the monotonic clock, COMMIT_AFTER past it: polls run on
-        # the grids of their intervals (gateway.scheduler), so a commit comes just after them.
-        due = math.ceil(loop.time() / self._interval) * self._interval + min(COMMIT_AFTER, self._interval / 4)
+        # On the commit interval's grid of the monotonic clock, in the same wake-up as the polls
+        # due then (they run on the grids of their intervals, gateway.scheduler), just after them.
+        due = math.ceil(loop.time() / self._interval) * self._interval
         since, cpu = loop.time(), time.thread_time()
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout_at(due):
                     await self._commit_soon.wait()
+            except TimeoutError:
+                for _ in range(POLL_PASSES):
+                    await asyncio.sleep(0)
             self._commit_soon.clear()
             try:
                 await self._commit()
