@@ -46,7 +46,8 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            async with asyncio.timeout(10):  # (wait_for would wrap the read in a task of its own)
+                line = await reader.readline()
             try:
                 request = json.loads(line)
                 if not isinstance(request, dict):
