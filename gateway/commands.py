@@ -175,7 +175,8 @@ class Commands:
                 await task
 
     async def _execute(self, device: str, command: Command, what: str) -> dict[str, Any]:
-        request = {"cmd": "write", "device": device, "point": command.point, "value": command.value}
+        request = {"cmd": "write", "device": device, "point": command.point, "value": command.value,
+                   "via": f"remote command {command.id!r}"}
         try:
             answer = await self._run(request)
         except Exception as exc:  # run_tool_command answers errors itself; anything else is a bug

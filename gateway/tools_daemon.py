@@ -35,7 +35,8 @@ async def run_tool_command(tasks: Mapping[str, Any], request: dict[str, Any]) ->
     try:
         async with lock:
             if request.get("cmd") == "write":
-                return await _write(task, request.get("point"), request.get("value"))
+                return await _write(task, request.get("point"), request.get("value"),
+                                    str(request.get("via") or "the control socket"))
             return {"ok": True, "report": await _inspect(task, trace=bool(request.get("trace")))}
     except WriteRefused as exc:
         return {"ok": False, "refused": True, "error": str(exc)}
@@ -65,14 +66,14 @@ async def _inspect(task: Any, *, trace: bool, points: list[str] | None = None) -
     return Inspection(points=rows, error=None, trace=[])
 
 
-async def _write(task: Any, point: Any, value: Any) -> dict[str, Any]:
+async def _write(task: Any, point: Any, value: Any, via: str) -> dict[str, Any]:
     write = getattr(task.driver, "write", None)
     if write is None:
         raise WriteRefused(f"driver {task.spec.driver!r} of device {task.spec.name!r} cannot write")
     if not isinstance(point, str) or not isinstance(value, str | int | float | bool):
         raise WriteRefused("a write needs a point name and a value")
     written = await write(point, value)
-    log.info("device %s: %s written through the control socket: %s", task.spec.name, point, written or value)
+    log.info("device %s: %s written through %s: %s", task.spec.name, point, via, written or value)
     report = await _inspect(task, trace=False, points=[point])
     readback = report["points"][0] if report["points"] else None
     if readback is not None and report["error"] and not readback["error"]:

@@ -190,6 +190,7 @@ async def test_an_allowed_write_reaches_the_device(start_gateway: StartGateway, 
     assert "remote commands enabled: writes to writable points on city/gw-test/+/cmd" in log
     assert "command c-1 to meter-1: setpoint = 21.5: ok, written holding 10 <- 00D7 (FC6), read back 21.5" in log
     assert "command c-2 to meter-1: relay = True: ok, written coil 3 <- 1 (FC5), read back True" in log
+    assert "setpoint written through remote command 'c-1'" in log and "control socket" not in log
     status = await asyncio.to_thread(gw.status)
     assert status["commands"] == {"enabled": True, "subscribed": True, "received": 2, "ok": 2, "refused": 0,
                                   "failed": 0, "duplicate": 0}

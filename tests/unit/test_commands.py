@@ -98,7 +98,8 @@ def test_parse_refuses_a_large_payload() -> None:
 async def test_an_allowed_write_runs_the_daemon_write_and_answers_ok() -> None:
     run = FakeRun()
     result = await Commands(run).handle("meter-1", cmd("c-1", "setpoint", 21.5))
-    assert run.requests == [{"cmd": "write", "device": "meter-1", "point": "setpoint", "value": 21.5}]
+    assert run.requests == [{"cmd": "write", "device": "meter-1", "point": "setpoint", "value": 21.5,
+                             "via": "remote command 'c-1'"}]
     assert result == {"id": "c-1", "ok": True, "point": "setpoint", "written": "holding 10 <- 00D7 (FC6)",
                       "readback": 21.5}
 
