@@ -68,6 +68,28 @@ class _Client(aiomqtt.Client):
         while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
             await sleep_until(math.floor(loop.time()) + 1.0)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if hasattr(socket, "TCP_CORK"):
+            paho, write = self._client, self._client.loop_write
+
+            def corked_write() -> mqtt.MQTTErrorCode:
+                """paho writes each queued packet with a send of its own: corked, the messages a
+                drain queued together leave as one transmission, not one (and one wake-up of the
+                broker) per message."""
+                sock = paho.socket()
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                except (AttributeError, OSError):
+                    return write()
+                try:
+                    return write()
+                finally:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+            paho.loop_write = corked_write  # type: ignore[method-assign]
+
 
 class LinkDead(Exception):
     """The connection to the broker is lost or no longer answers."""
