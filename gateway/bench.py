@@ -52,7 +52,7 @@ MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
 METERED_LINGER = 3.0  # seconds the wire scenario's metered runs let a message fill
-STATUS_EVERY = 2.0  # seconds between status requests in a measuring window (each costs the gateway CPU)
+STATUS_EVERY = 5.0  # seconds between status requests in a measuring window (each costs the gateway CPU)
 STALL = 30.0  # seconds without progress after which a waiting step gives up
 
 

@@ -11,7 +11,7 @@ Row = tuple[str, str, str]  # label, value, note
 NOTES = (
     "Delivered = distinct readings that reached the bench's subscriber (checked by seq), not just produced.",
     "CPU = the gateway process's CPU time, all threads (in a window: /proc/<pid>/task/*/schedstat; whole"
-    " run: wait4); it includes the simulated devices' own work and the bench's status requests (one per 2 s);"
+    " run: wait4); it includes the simulated devices' own work and the bench's status requests (one per 5 s);"
     " the modbus scenario's Modbus server runs in the bench process (others' CPU)."
     " RSS = its peak resident set (ru_maxrss).",
     "Latency = arrival at the subscriber - reading timestamp; the broker forwards and PUBACKs at the same"
