@@ -8,7 +8,7 @@ twice; the platform deduplicates on seq). aiomqtt 2.5 pitfalls handled (checked 
 * ``await client.publish(qos=1)`` does not notice a dropped link, it waits for its timeout: a task
   iterating ``client.messages`` in the session's task group raises at once and ends the session.
 * A publish without PUBACK within ``publish_timeout`` means a dead (half-open) link: reconnect.
-* A connect attempt without CONNACK leaves its socket open (see ``_abandon``); and aiomqtt warns
+* A connect attempt without CONNACK leaves its socket open (see ``gateway.mqttlink.abandon``); and aiomqtt warns
   per call above ``pending_calls_threshold`` (10) pending calls, raised to fit the window.
 """
 
@@ -20,25 +20,31 @@ import json
 import logging
 import math
 import random
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import aiomqtt
-import paho.mqtt.client as mqtt
-from aiomqtt.exceptions import MqttConnectError  # a refused CONNACK (not exported by the package)
 
 from gateway.clock import WallClock
 from gateway.encoding import encode_telemetry, messages_of
 from gateway.model import StoredBatch
-from gateway.scheduler import sleep_until
+from gateway.mqttlink import (
+    GatewayClient,
+    LinkDead,
+    PahoLog,
+    abandon,
+    describe,
+    is_link_error,
+    leaves,
+    login_refused,
+    socket_options,
+)
 from gateway.settings import MqttSection
-from gateway.tls import tls_context, tls_reason
+from gateway.tls import tls_context
 
 log = logging.getLogger(__name__)
 
-_PAHO_LOG = logging.getLogger(__name__ + ".paho")
 
 OFFLINE: dict[str, Any] = {"schema": 1, "state": "offline"}
 TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying goodbye
@@ -50,68 +56,9 @@ LOG_EVERY = 20  # while the broker stays away, one reminder line per this many f
 YIELD_EVERY = 0.002
 HOLD_RECHECK = 1.0  # seconds between looks at the clock while readings are held back
 STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
-# CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5
-# reach us as MQTT 5's reason codes)
-LOGIN_REFUSED = frozenset({4, 5, 134, 135})
 MAX_COMMANDS = 32  # remote commands in progress per session; beyond that one is dropped (logged)
 # A remote command: (device, payload, retained) -> the result to publish (see gateway/commands.py)
 CommandHandler = Callable[[str, bytes, bool], Awaitable[dict[str, Any]]]
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, with paho's once-a-second housekeeping (keepalive, retries) on whole
-    seconds of the monotonic clock: with polls and commits on their grids, it shares their
-    wake-up instead of adding one of its own every second (aiomqtt 2.5's ``_misc_loop``)."""
-
-    async def _misc_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
-            await sleep_until(math.floor(loop.time()) + 1.0)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if hasattr(socket, "TCP_CORK"):
-            paho, write = self._client, self._client.loop_write
-
-            def corked_write() -> mqtt.MQTTErrorCode:
-                """paho writes each queued packet with a send of its own: corked, the messages a
-                drain queued together leave as one transmission, not one (and one wake-up of the
-                broker) per message."""
-                sock = paho.socket()
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                except (AttributeError, OSError):
-                    return write()
-                try:
-                    return write()
-                finally:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-            paho.loop_write = corked_write  # type: ignore[method-assign]
-
-
-class LinkDead(Exception):
-    """The connection to the broker is lost or no longer answers."""
-
-
-class _PahoLog(logging.Logger):
-    """One client's paho/aiomqtt log (under gateway.publisher.paho). A socket failure is kept as the
-    reason for the lost link and logged at DEBUG only: our one "broker lost" line reports it."""
-
-    def __init__(self) -> None:
-        super().__init__(_PAHO_LOG.name)
-        self.parent = _PAHO_LOG  # levels and handlers come from the real logger
-        self.socket_error: str | None = None
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if level < logging.ERROR and not self.isEnabledFor(level):  # paho's per-packet DEBUG lines
-            return
-        # paho: "failed to receive on socket: %s", "timeout on socket: %s"
-        if level >= logging.ERROR and str(msg).endswith("on socket: %s") and args:
-            self.socket_error = str(args[0])
-            level = logging.DEBUG
-        super().log(level, msg, *args, **kwargs)
 
 
 class BufferLike(Protocol):
@@ -220,7 +167,7 @@ class Publisher:
 
     async def _connect_and_serve(self) -> None:
         tls = await asyncio.to_thread(tls_context, self.mqtt.tls) if self.mqtt.tls else None
-        paho_log = _PahoLog()
+        paho_log = PahoLog()
         client = self._new_client(tls, paho_log)
         entered = False
         try:
@@ -243,11 +190,11 @@ class Publisher:
                 raise LinkDead(f"no CONNACK within {client.timeout:g} s") from exc
             raise
         finally:
-            _abandon(client)
+            abandon(client)
 
     def _new_client(self, tls: ssl.SSLContext | None, paho_log: logging.Logger) -> aiomqtt.Client:
         m = self.mqtt
-        client = _Client(
+        client = GatewayClient(
             m.host, m.port,
             identifier=self.client_id,
             username=m.username,
@@ -258,7 +205,7 @@ class Publisher:
             timeout=m.publish_timeout,  # CONNACK and DISCONNECT waits
             max_inflight_messages=m.max_inflight,
             tls_context=tls,
-            socket_options=_socket_options(m.publish_timeout),
+            socket_options=socket_options(m.publish_timeout),
             logger=paho_log,
         )
         client.pending_calls_threshold = m.max_inflight + 2
@@ -287,9 +234,9 @@ class Publisher:
             if self._failures % LOG_EVERY == 0:
                 log.warning("broker still failing after %d attempts: %s", self._failures, reason)
             return
-        if not _is_link_error(exc):  # a bug or a buffer failure, not the network: show where
+        if not is_link_error(exc):  # a bug or a buffer failure, not the network: show where
             log.error("publisher failed: %s; retrying", reason, exc_info=exc)
-        elif any(_login_refused(e) for e in _leaves(exc)):  # a human must act: say what to check
+        elif any(login_refused(e) for e in leaves(exc)):  # a human must act: say what to check
             log.error("broker %s:%d refused the login as %r (%s): check mqtt.username and the password;"
                       " readings are kept in the buffer, retrying", self.mqtt.host, self.mqtt.port,
                       self.mqtt.username, reason)
@@ -323,7 +270,7 @@ class Publisher:
 class _Session:
     """One connection: status first, then drain the buffer with a bounded window in flight."""
 
-    def __init__(self, pub: Publisher, client: aiomqtt.Client, paho_log: _PahoLog) -> None:
+    def __init__(self, pub: Publisher, client: aiomqtt.Client, paho_log: PahoLog) -> None:
         self.pub = pub
         self.client = client
         self.paho_log = paho_log
@@ -532,48 +479,6 @@ class _Session:
         self.pub._buffer.ack([b.row for b in group])
         self.pub.messages_sent += 1
         self.pub.readings_sent += sum(len(b.values) for b in group)
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line reason for a failed session: a LinkDead if there is one, else the first leaf."""
-    if isinstance(exc, aiomqtt.MqttError) and isinstance(exc.__context__, BaseExceptionGroup | LinkDead):
-        exc = exc.__context__  # the goodbye failed too; the first failure is the reason
-    leaves = _leaves(exc)
-    first = next((e for e in leaves if isinstance(e, LinkDead)), leaves[0])
-    return tls_reason(str(first)) or type(first).__name__
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _login_refused(exc: BaseException) -> bool:
-    rc = getattr(exc, "rc", None)
-    return isinstance(exc, MqttConnectError) and getattr(rc, "value", rc) in LOGIN_REFUSED
-
-
-def _is_link_error(exc: BaseException) -> bool:
-    return all(isinstance(e, aiomqtt.MqttError | OSError | LinkDead | TimeoutError) for e in _leaves(exc))
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    """Leave no connection behind (aiomqtt 2.5 internals): without a CONNACK in time aiomqtt leaves
-    the socket open, a zombie a waking broker would accept under our client id; a DISCONNECT after
-    its CONNECT ends it cleanly (no will). Marks an unawaited disconnect error as seen."""
-    paho = client._client
-    if paho.socket() is not None:
-        paho.disconnect()
-    client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-
-def _socket_options(timeout: float) -> list[tuple[int, int, int]]:
-    # Let the kernel drop the connection when sent data stays unacknowledged this long, so a
-    # half-open link also ends a DISCONNECT or keepalive that would otherwise wait on it.
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        return [(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))]
-    return []
 
 
 def _json(doc: dict[str, Any]) -> bytes:

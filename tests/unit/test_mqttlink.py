@@ -1,4 +1,4 @@
-"""The aiomqtt client the publisher uses: paho's writes corked, so packets queued together leave together."""
+"""gateway.mqttlink.GatewayClient: paho's writes corked, so packets queued together leave together."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.publisher import _Client
+from gateway.mqttlink import GatewayClient
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
 
@@ -41,12 +41,12 @@ async def test_paho_writes_its_queued_packets_corked_and_leaves_the_socket_uncor
 
     monkeypatch.setattr(mqtt.Client, "loop_write", loop_write)
     monkeypatch.setattr(mqtt.Client, "socket", lambda self: tcp)
-    client = _Client("127.0.0.1", 1883)
+    client = GatewayClient("127.0.0.1", 1883)
     assert client._client.loop_write() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     assert during == [1]  # the packets of one write leave together...
     assert corked(tcp) == 0  # ...and nothing is held back after it
 
 
 async def test_without_a_socket_the_write_is_paho_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    client = _Client("127.0.0.1", 1883)  # never connected: paho has no socket
+    client = GatewayClient("127.0.0.1", 1883)  # never connected: paho has no socket
     assert client._client.loop_write() == mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
