@@ -1,8 +1,8 @@
 """The store-and-forward queue: every batch is kept in SQLite until the broker acknowledged it.
 
 ``put`` only appends to a list on the event loop. Every ``commit_interval`` (sooner when a
-quarter of the in-memory bound waits and the disk is ok) the waiting batches and the acks go to the database in one
-fsynced transaction, on the one writer thread that owns the only connection. Seqs are assigned in
+quarter of the in-memory bound waits and the disk is ok) the waiting batches and the acks go to
+the database in one fsynced transaction, on the one writer thread that owns the only connection. Seqs are assigned in
 that transaction; the per-device high-water marks in ``seq.json`` are raised first, so a seq never
 stands for two readings, even if the file is lost.
 
@@ -337,19 +337,18 @@ class Buffer:
                 logger.exception("buffer: on_commit callback failed")
 
     def _keep_fresh(self, done: _Counts) -> None:
-        """Add what the commit stored to _fresh (minus rows acked meanwhile); drop what was evicted,
-        and the oldest while more than max_pending_readings are kept (the database still has them)."""
-        fresh, acked = self._fresh, self._acks
+        """Add what the commit stored to _fresh (no fetch has seen those rows, so none is acked);
+        drop what was evicted, and the oldest while more than max_pending_readings are kept (the
+        database still has them)."""
+        fresh = self._fresh
         for batch in done.stored:
-            self._lag_n += len(batch.values)
-            if batch.row not in acked:
-                fresh[batch.row] = batch
-                self._fresh_n += len(batch.values)
+            n = len(batch.values)
+            fresh[batch.row] = batch
+            self._fresh_n += n
+            self._lag_n += n
         if done.evicted_upto > self._handed_row:  # readings evicted before the publisher got them
             self._handed_row = done.evicted_upto
             self._lag_n = sum(len(b.values) for row, b in fresh.items() if row > done.evicted_upto)
-        if not fresh:
-            return
         while fresh and (self._fresh_n > self._max_pending or next(iter(fresh)) <= done.evicted_upto):
             row, batch = next(iter(fresh.items()))
             del fresh[row]
