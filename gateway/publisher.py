@@ -280,8 +280,9 @@ class _Session:
         self.commands: set[asyncio.Task[None]] = set()
         self.fetch_readings = max(4 * pub.mqtt.batch.max_readings, 1000)
         self._yielded = 0.0  # loop time the drain last let the rest of the loop in
-        # max_rate: a token bucket, full at the start of a session
-        self._tokens, self._refilled = float(pub.mqtt.max_rate or 0), asyncio.get_running_loop().time()
+        # max_rate: a token bucket of one second's readings or one message, full at the start
+        self._burst = max(pub.mqtt.max_rate or 0.0, float(pub.mqtt.batch.max_readings))
+        self._tokens, self._refilled = self._burst, asyncio.get_running_loop().time()
 
     async def serve(self) -> None:
         """Return after the goodbye when stop() asks; raise when the link fails."""
@@ -429,6 +430,7 @@ class _Session:
             groups, keep = groups[:-1], groups[-1]
         else:
             keep = []
+        loop = asyncio.get_running_loop()
         for group in groups:
             for part, payload in self._payloads(device, group):
                 await self._pace(sum(len(b) for b in part))
@@ -437,7 +439,6 @@ class _Session:
                 task = self.tg.create_task(self._send(device, part, payload))
                 self.sends.add(task)
                 task.add_done_callback(self.sends.discard)
-                loop = asyncio.get_running_loop()
                 if loop.time() - self._yielded >= YIELD_EVERY:  # a long backlog must not starve the polls
                     await asyncio.sleep(0)
                     self._yielded = loop.time()
@@ -464,7 +465,7 @@ class _Session:
         if rate is None:
             return
         loop = asyncio.get_running_loop()
-        burst = max(rate, float(self.pub.mqtt.batch.max_readings))
+        burst = self._burst
         now = loop.time()
         self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
         self._refilled = now
