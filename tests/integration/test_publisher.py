@@ -382,9 +382,9 @@ async def test_linger_fills_messages_instead_of_sending_each_poll(
     sub = subscribe(f"city/{GW}/+/telemetry")
     buf = FakeBuffer()  # 5 readings a poll
     await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 20, "linger": 30.0}), buf)
-    for _ in range(3):  # 15 readings, committed one poll at a time: not a full message yet
+    for _ in range(3):  # 15 readings, committed and fetched one poll at a time: not a full message yet
         buf.add(["meter-1"])
-        await asyncio.sleep(0)
+        await until(lambda: buf.fetched == buf.next_row - 1, 5, "the drain to fetch the poll")
     buf.add(["meter-1"])  # the fourth poll fills one: it goes, with the three before it
     got = await sub.wait_for_async(has_all({"meter-1": 20}), timeout=10)
     assert [len(d["readings"]) for d in telemetry(got)] == [20]
