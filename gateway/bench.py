@@ -135,10 +135,12 @@ class Bench:
 
     # -- device groups ------------------------------------------------------------------------------
 
-    def group(self, prefix: str, devices: int, interval: float, flag: str = "stop.flag") -> DeviceGroup:
-        """``devices`` devices of --points points every ``interval``, failing while ``flag`` exists."""
+    def group(self, prefix: str, devices: int, interval: float, flag: str = "stop.flag", *,
+              signals: tuple[str, ...] | None = None, decimals: int = 6) -> DeviceGroup:
+        """``devices`` devices of --points points every ``interval`` (--signals unless ``signals``),
+        failing while ``flag`` exists."""
         o = self.opts
-        return DeviceGroup(prefix, devices, o.points, interval, o.signals, self.tmp / flag)
+        return DeviceGroup(prefix, devices, o.points, interval, signals or o.signals, self.tmp / flag, decimals)
 
     def load_group(self, factor: int = 1) -> DeviceGroup:
         """The load scenario's devices (``factor`` times as many)."""
@@ -183,9 +185,7 @@ class Bench:
             out["ok"] = out["ok"] and run["ok"]
         # A metered link as the README sets it up: packed, deflated, messages filled for up to
         # METERED_LINGER, on sensor-like data (half smooth, half noisy, two decimals; no counters).
-        o = self.opts
-        sensors = DeviceGroup("dev", o.devices, o.points, MODERATE_INTERVAL, ("sine", "random"),
-                              self.tmp / "stop.flag", decimals=2)
+        sensors = self.group("dev", self.opts.devices, MODERATE_INTERVAL, signals=("sine", "random"), decimals=2)
         for name, compress in (("packed-metered", False), ("packed-metered-deflate", True)):
             run = self._steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
                                mqtt={"compress": compress, "batch": {"linger": METERED_LINGER}})
