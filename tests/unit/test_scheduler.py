@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.simulated.driver import SimulatedConfig, SimulatedDriver
+from gateway.buffer import Buffer
 from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
 from gateway.scheduler import MAX_BACKOFF, Scheduler, backoff_delay, next_deadline
@@ -238,3 +239,28 @@ async def test_simulated_values_keep_their_points_order_and_resolution() -> None
     assert [p[1] for p in polls] == [101, 102, 103]  # the counter, in its place
     assert all(10 <= p[0] <= 30 and round(p[0], 2) == p[0] for p in polls)
     assert all(isinstance(p[2], float) and p[2] == int(p[2]) and abs(p[2]) <= 25 for p in polls)
+
+
+async def test_a_commit_on_the_grid_takes_the_polls_due_at_the_same_instant(tmp_path: Path) -> None:
+    """Polls and commits share their grid point: the commit runs in the same wake-up, after the
+    polls, so it carries them (instead of leaving them waiting a whole commit interval)."""
+    interval = 0.2
+    buffer = Buffer(tmp_path, max_bytes=10**8, commit_interval=interval)
+    await buffer.open()
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []  # per commit: commit time minus the time of the newest poll it stored
+
+    def committed() -> None:
+        newest = max(b.values[0] for b in buffer._fresh.values())
+        lags.append(loop.time() - newest)
+        buffer.ack(list(buffer._fresh))
+
+    buffer.on_commit = committed
+    sched = Scheduler(sink=buffer.put, on_change=lambda: None)
+    sched.add(_spec("d", interval), _StampDriver)  # type: ignore[arg-type]
+    try:
+        await _until(lambda: len(lags) >= 5)
+    finally:
+        await sched.stop_all()
+        await buffer.close()
+    assert all(lag < interval / 2 for lag in lags[1:]), lags  # the first commit may precede the first grid poll
