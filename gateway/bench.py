@@ -47,6 +47,7 @@ from gateway.benchrun import (
 )
 from gateway.benchsub import BenchSubscriber
 
+FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
 SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup")
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
@@ -173,7 +174,20 @@ class Bench:
         with ModbusBenchServer() as server:
             result = self._steady("modbus", [ModbusGroup("modbus", server)], self.opts.encoding, self.opts.duration)
             result["server_reads"] = server.reads
+            server.failing.clear()  # the run ended by making the device fail
+            result["floor"] = self._modbus_floor(server.port)
         return result
+
+    def _modbus_floor(self, port: int) -> dict[str, Any]:
+        """The same polls with no gateway, per client (see gateway.benchmodbus.run_floor)."""
+        from gateway.benchmodbus import FLOOR_CLIENTS, run_floor
+
+        window, warmup = min(self.opts.duration, FLOOR_WINDOW), min(self.opts.warmup, 1.0)
+        floor: dict[str, Any] = {}
+        for client in FLOOR_CLIENTS:
+            self.progress.step(f"modbus: the floor, {client} client alone", f"{warmup + window:g} s")
+            floor[client] = run_floor(client, port, warmup=warmup, window=window)
+        return floor
 
     def scenario_wire(self) -> dict[str, Any]:
         """Bytes on the wire per reading for each encoding, at the moderate load."""

@@ -74,7 +74,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "reading that arrives, by seq; exits 1 if any reading was lost. Scenarios: load "
                     "(--devices x --points every --interval), saturation (4x the load's devices), moderate "
                     "(--devices x --points every 1 s), modbus (one Modbus TCP device served by pymodbus in the "
-                    "bench process: 100 holding registers every 100 ms, whatever --devices and --points), "
+                    "bench process: 100 holding registers every 100 ms, whatever --devices and --points; then "
+                    "the same polls with no gateway, for the floor), "
                     "drain (a backlog built at the load's rate with the broker away, drained while the "
                     "moderate load polls on), wire (cbor and json at the "
                     "moderate load, at most 5 s each), startup.",

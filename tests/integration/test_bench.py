@@ -103,9 +103,18 @@ def test_modbus_scenario() -> None:
     assert modbus["requests_per_poll"] == pytest.approx(1.0, abs=0.1)  # 100 registers, one request
     assert modbus["server_reads"] * 100 >= modbus["produced"]
     assert not modbus["gateway_warnings"], modbus["gateway_warnings"]  # the final failure is not one
+    # The floor: the same polls with no gateway, each client answered on (nearly) every grid point
+    # of its 2 s window, so the server was revived after the run's final failure.
+    assert set(modbus["floor"]) == {"pymodbus", "socket"}
+    for client, floor in modbus["floor"].items():
+        assert floor["client"] == client
+        assert 15 <= floor["polls"] <= 21, floor
+        assert floor["cpu_s"] > 0
+        assert floor["cpu_us_per_reading"] == pytest.approx(floor["cpu_s"] / (floor["polls"] * 100) * 1e6)
     table = render(report)
     assert "modbus  (offered 1,000 readings/s: 1 modbus device x 100 points every 100 ms" in table
     assert "Modbus requests" in table and "result: OK" in table
+    assert "floor: no gateway" in table
 
 
 def test_wire_and_startup_against_a_given_broker(mosquitto: Mosquitto) -> None:
@@ -161,3 +170,17 @@ def test_mqtt_overhead_counts_publish_framing_and_puback() -> None:
     # 1 fixed header byte, 1 length byte, 2 + 5 topic, 2 packet id; PUBACK 4.
     assert mqtt_overhead("a/b/c", 10) == 1 + 1 + 7 + 2 + 4
     assert mqtt_overhead("a/b/c", 200) == 1 + 2 + 7 + 2 + 4
+
+
+@pytest.mark.parametrize("client", ["pymodbus", "socket"])
+def test_modbus_floor_says_why_it_cannot_measure(client: str) -> None:
+    """No server on the port: the floor probe fails with the reason, not a traceback or a zero."""
+    from gateway.benchmodbus import run_floor
+    from gateway.benchrun import BenchError, PortHold
+
+    hold = PortHold()  # bound, not listening: a connection is refused
+    try:
+        with pytest.raises(BenchError, match=rf"(?i)modbus floor \({client}\): .*(connect|refused)"):
+            run_floor(client, hold.port, warmup=0.1, window=0.5)
+    finally:
+        hold.release()
