@@ -255,19 +255,19 @@ async def _floor(client: str, port: int, unit: int, registers: int, interval: fl
         start = loop.time() + warmup
         end = start + window
         polls = 0
-        cpu0 = 0.0
+        cpu0: float | None = None
         due = (loop.time() // interval + 1) * interval
         while due < end:
+            if due >= start:
+                if cpu0 is None:  # the window starts before the wake-up of its first poll
+                    cpu0 = time.process_time()
+                polls += 1
             woken = loop.create_future()
             loop.call_at(due, woken.set_result, None)
             await woken
-            if due >= start:
-                if polls == 0:
-                    cpu0 = time.process_time()
-                polls += 1
             await poll()
             due += interval
-        cpu = time.process_time() - cpu0
+        cpu = 0.0 if cpu0 is None else time.process_time() - cpu0
     finally:
         close()
     return {"client": client, "polls": polls, "cpu_s": cpu,

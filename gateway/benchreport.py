@@ -109,11 +109,13 @@ def _modbus_rows(r: dict[str, Any]) -> list[Row]:
                         f"{r['points_per_device']} holding registers per poll (coalesced block reads);"
                         f" {_num(r.get('server_reads'))} reads served"))
     if floor := r.get("floor"):
-        at = next(i for i, row in enumerate(rows) if row[0] == "gateway CPU") + 1
+        at = next((i + 1 for i, row in enumerate(rows) if row[0] == "gateway CPU"), len(rows))
         lib, bare = floor.get("pymodbus", {}), floor.get("socket", {})
         rows.insert(at, ("  floor: no gateway", f"{_f(lib.get('cpu_us_per_reading'))} µs/reading",
                          "the same polls in a bare asyncio loop, pymodbus client; with a bare socket"
                          f" instead: {_f(bare.get('cpu_us_per_reading'))} µs"))
+        rows[at + 1:at + 1] = [("  floor not measured", client, run["error"])
+                               for client, run in floor.items() if "error" in run]
     return rows
 
 
