@@ -27,6 +27,7 @@ from gateway.model import StoredBatch
 from gateway.settings import MqttSection, TlsSection
 from tests.support.broker import (
     TEST_GATEWAY_ID,
+    LinkProxy,
     Mosquitto,
     StartPublisher,
     Subscriber,
@@ -113,55 +114,6 @@ def mqtt(port: int, **kw: Any) -> MqttSection:
     return MqttSection(host="127.0.0.1", port=port, **{"publish_timeout": 2.0, "keepalive": 10.0, **kw})
 
 
-class RecordingProxy:
-    """A TCP proxy that keeps every byte the client sent towards the broker."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.sent = bytearray()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> RecordingProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        pumps = {asyncio.create_task(self._pump(reader, up_writer, record=True)),
-                 asyncio.create_task(self._pump(up_reader, writer, record=False))}
-        self._tasks |= pumps
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            self._tasks -= pumps
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, record: bool) -> None:
-        try:
-            while data := await reader.read(65536):
-                if record:
-                    self.sent += data
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-
-
 # -- the good case, and what is on the wire ----------------------------------------------------------
 
 
@@ -171,7 +123,7 @@ async def test_verified_tls_delivers_and_nothing_travels_in_plaintext(
     broker, tls_port = start_broker(tmp_path / "mq", tls_listener(free_port(), pki.ca.cert, pki.server))
     brokers.append(broker)
     with Subscriber(broker.host, broker.port, f"city/{GW}/#") as sub:
-        async with RecordingProxy(tls_port) as proxy:
+        async with LinkProxy("127.0.0.1", tls_port) as proxy:
             buf = Buffer()
             pub = await start_publisher(mqtt(proxy.port, tls=TlsSection(ca_file=pki.ca.cert), encoding="json"), buf)
             await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
@@ -314,11 +266,12 @@ async def test_password_login_from_env_or_file_and_never_in_clear(
         path = password_config(tmp_path, password_broker, pki.ca.cert, password_file=str(tmp_path / "mqtt-password"))
     assert SECRET not in path.read_text()
     config = load_config(path, environ={"MQTT_PASSWORD": SECRET})
-    async with RecordingProxy(password_broker) as proxy:
+    async with LinkProxy("127.0.0.1", password_broker) as proxy:
         buf = Buffer()
         pub = await start_publisher(config.mqtt.model_copy(update={"port": proxy.port}), buf)
         await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
         await pub.stop(timeout=2.0)
+    assert proxy.sent[:1] == b"\x16", "the proxy did not see the TLS handshake: nothing was recorded"
     assert SECRET.encode() not in bytes(proxy.sent)
 
 

@@ -324,7 +324,7 @@ class LinkProxy:
 
     ``cut()`` aborts every connection at once (no MQTT DISCONNECT: the broker sends the will);
     after ``await refuse()`` connections are refused (nothing listens) until ``await listen()``
-    opens the same port again.
+    opens the same port again. ``sent`` keeps every byte the clients sent towards the broker.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -332,6 +332,7 @@ class LinkProxy:
         self.host = LOOPBACK
         self.port = 0
         self.accepted = 0
+        self.sent = bytearray()
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -376,7 +377,8 @@ class LinkProxy:
             return
         link = (writer, up_writer)
         self._links.add(link)
-        pumps = [asyncio.create_task(_pump(reader, up_writer)), asyncio.create_task(_pump(up_reader, writer))]
+        pumps = [asyncio.create_task(_pump(reader, up_writer, self.sent)),
+                 asyncio.create_task(_pump(up_reader, writer))]
         self._tasks.update(pumps)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -390,9 +392,11 @@ class LinkProxy:
             up_writer.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bytearray | None = None) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(65536):
+            if record is not None:
+                record += data
             writer.write(data)
             await writer.drain()
 
