@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.broker import Mosquitto, Subscriber, telemetry
-from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway
 
 
 def _start(tmp_path: Path, port: int, hold: str, gateways: list[GatewayProcess]) -> tuple[GatewayProcess, Path]:
@@ -18,9 +18,7 @@ def _start(tmp_path: Path, port: int, hold: str, gateways: list[GatewayProcess])
     config["gateway"]["clock"] = {"check": "timesyncd", "synced_file": str(flag), "hold": hold}
     config["devices"] = [{"name": "d", "driver": "simulated", "interval": "50ms",
                           "points": [{"name": "n", "signal": "counter"}]}]
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), tmp_path / "data")
-    gateways.append(gw)
-    return gw.start(), flag
+    return new_gateway(tmp_path, config, gateways).start(), flag
 
 
 def test_held_until_the_clock_syncs_then_all_arrive_in_order(

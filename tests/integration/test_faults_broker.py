@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,7 +32,7 @@ from tests.support.faults import (
     sim_device,
     wait_until,
 )
-from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +50,9 @@ def auth_broker(tmp_path: Path) -> Iterator[AuthMosquitto]:
         broker.stop()
 
 
-def _gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
-    gateways.append(gw)
-    return gw
-
-
 def _drain(gw: GatewayProcess, flags: list[Path], timeout: float = 30) -> dict[str, int]:
     """Stop the simulated devices, wait until all is committed and acked; the last seq per device."""
-    for flag in flags:
-        flag.write_text("stopped by the test")
-    status = gw.wait_status(lambda s: all(d["state"] == "error" for d in s["devices"].values())
-                            and s["buffer"]["pending"] == 0, timeout=timeout)
+    status = drain_devices(gw, flags, timeout)
     assert status["buffer"]["evicted"] == 0
     return {name: dev["seq"] for name, dev in status["devices"].items()}
 
@@ -129,7 +119,7 @@ def test_daemon_keeps_buffering_through_refused_logins_and_delivers_when_let_in(
     config["devices"] = [sim_device("dev-a", "10ms", flags[0])]
     sub = Subscriber(auth_broker.host, auth_broker.port, "city/gw-test/+/telemetry").start()
     try:
-        gw = _gateway(tmp_path, config, gateways).start()
+        gw = new_gateway(tmp_path, config, gateways).start()
         status = gw.wait_status(lambda s: "authori" in (s["broker"]["last_error"] or "").lower()
                                 and s["buffer"]["pending"] > 200, timeout=20)
         assert not status["broker"]["connected"] and status["devices"]["dev-a"]["state"] == "ok"
@@ -160,7 +150,7 @@ def test_no_connack_is_a_failed_attempt_with_no_connection_left_behind(
         config = base_config(tmp_path / "data", hole.port)
         config["mqtt"]["publish_timeout"] = "1s"  # also the CONNACK timeout
         config["devices"] = [sim_device("dev-a", "10ms", flags[0])]
-        gw = _gateway(tmp_path, config, gateways).start()
+        gw = new_gateway(tmp_path, config, gateways).start()
         assert gw.proc is not None
         wait_until(lambda: hole.accepted >= 2, 20, "a second attempt")
         fds = ProcStats.of(gw.proc.pid).fds
@@ -201,7 +191,7 @@ async def test_link_cut_mid_publish_loses_nothing(
     config["mqtt"]["batch"] = {"max_readings": 30}  # many small messages: the window is always busy
     config["devices"] = [sim_device("dev-a", "10ms", flags[0]), sim_device("dev-b", "10ms", flags[1])]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways)
+    gw = new_gateway(tmp_path, config, gateways)
     await asyncio.to_thread(gw.start)
     for cut in range(3):
         before = len(sub.messages)
@@ -237,7 +227,7 @@ def test_slow_acks_within_the_publish_timeout_keep_the_session_and_lose_nothing(
     config["mqtt"].update(publish_timeout="3s", batch={"max_readings": 30})
     config["devices"] = [sim_device("dev-a", "10ms", flags[0])]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways).start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     for _ in range(3):
         before = len(sub.messages)
         sub.wait_for(lambda ms, n=before: len(ms) > n + 10, timeout=20)

@@ -31,7 +31,7 @@ from tests.support.faults import (
     sim_device,
     wait_until,
 )
-from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -157,9 +157,7 @@ def test_daemon_survives_every_bad_answer_and_the_other_device_keeps_flowing(
         sim_device("sim", "20ms", flag),
     ]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), tmp_path / "data")
-    gateways.append(gw)
-    gw.start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     gw.wait_status(lambda s: s["devices"]["meter"]["polls"] >= 2)
     # Every kind of bad answer, each followed by good ones so the device is polled again soon
     # (a failing device is backed off: interval, doubling).
@@ -179,9 +177,7 @@ def test_daemon_survives_every_bad_answer_and_the_other_device_keeps_flowing(
     assert set(server.served) >= set(BAD_MODES)
 
     server.set_mode("silent")  # the meter goes quiet, the simulated device is stopped: drain
-    flag.write_text("stopped by the test")
-    status = gw.wait_status(lambda s: all(d["state"] == "error" for d in s["devices"].values())
-                            and s["buffer"]["pending"] == 0, timeout=30)
+    status = drain_devices(gw, [flag])
     last = {name: dev["seq"] for name, dev in status["devices"].items()}
     msgs = sub.wait_for(has_all(last), timeout=30)
     assert_accounted(msgs, last)

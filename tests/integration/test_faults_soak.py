@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.faults import Arrivals, ProcStats, assert_accounted, sim_device
-from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,7 @@ def test_memory_stays_flat_through_outages_and_failures(
     config["mqtt"]["publish_timeout"] = "2s"
     config["devices"] = [sim_device(f"dev-{i}", "5ms" if i < 3 else "20ms", flags[i], points=15) for i in range(4)]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), tmp_path / "data")
-    gateways.append(gw)
-    gw.start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     assert gw.proc is not None
     pid = gw.proc.pid
 
@@ -84,10 +82,7 @@ def test_memory_stays_flat_through_outages_and_failures(
     assert end.threads <= warm.threads + 1, (warm, end)
     assert end.fds <= warm.fds + 2, (warm, end)
 
-    for flag in flags:
-        flag.write_text("stopped by the test")
-    status = gw.wait_status(lambda s: all(d["state"] == "error" for d in s["devices"].values())
-                            and s["buffer"]["pending"] == 0, timeout=30)
+    status = drain_devices(gw, flags)
     assert status["buffer"]["evicted"] == 0
     last = {name: dev["seq"] for name, dev in status["devices"].items()}
     msgs = sub.wait_for(Arrivals().complete(last), timeout=60)

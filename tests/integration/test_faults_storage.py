@@ -31,7 +31,7 @@ from tests.support.faults import (
     sim_device,
     tmpfs,
 )
-from tests.support.gateway_proc import GatewayProcess, base_config, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +46,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
             yield mount
     except MountUnavailable as exc:
         pytest.skip(f"no size-limited filesystem on this machine: {exc}")
-
-
-def _gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
-    gateways.append(gw)
-    return gw
-
-
-def _drain(gw: GatewayProcess, flags: list[Path], timeout: float = 30) -> dict[str, Any]:
-    """Stop the simulated devices (their fail flags), wait until everything is committed and sent."""
-    for flag in flags:
-        flag.write_text("stopped by the test")
-    return gw.wait_status(lambda s: all(d["state"] == "error" for d in s["devices"].values())
-                          and s["buffer"]["pending"] == 0, timeout=timeout)
 
 
 def _integrity(db: Path) -> list[str]:
@@ -86,7 +72,7 @@ def test_disk_full_degrades_keeps_polling_and_recovers_by_itself(
     config["devices"] = [sim_device("dev-a", "10ms", flags[0], points=10),
                          sim_device("dev-b", "25ms", flags[1], points=10)]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways).start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     sub.wait_for(lambda ms: len(telemetry(ms)) >= 3, timeout=20)
     mosquitto.stop()  # a backlog builds up on disk
 
@@ -112,7 +98,7 @@ def test_disk_full_degrades_keeps_polling_and_recovers_by_itself(
 
     filler.unlink()
     gw.wait_status(lambda s: s["buffer"]["state"] == "ok" and s["buffer"]["reason"] is None, timeout=20)
-    status = _drain(gw, flags)
+    status = drain_devices(gw, flags)
     last = {name: dev["seq"] for name, dev in status["devices"].items()}
     evicted = status["buffer"]["evicted"]
     msgs = sub.wait_for(Arrivals().complete(last, evicted), timeout=30)
@@ -136,7 +122,7 @@ def test_buffer_caps_itself_below_what_the_filesystem_can_give(
     config["devices"] = [sim_device("dev-a", "10ms", flags[0], points=200),
                          sim_device("dev-b", "10ms", flags[1], points=200)]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways).start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     sub.wait_for(lambda ms: len(telemetry(ms)) >= 3, timeout=20)
     mosquitto.stop()
     fill(small_fs / "filler", leave=FS_RESERVE + MiB)  # the rest of the board takes its share
@@ -155,7 +141,7 @@ def test_buffer_caps_itself_below_what_the_filesystem_can_give(
     assert "buffer: over its filesystem's limit" in gw.log()
 
     mosquitto.start()
-    status = _drain(gw, flags, timeout=60)
+    status = drain_devices(gw, flags, timeout=60)
     last = {name: dev["seq"] for name, dev in status["devices"].items()}
     evicted = status["buffer"]["evicted"]
     msgs = sub.wait_for(Arrivals().complete(last, evicted), timeout=60)
@@ -256,7 +242,7 @@ def test_corrupt_buffer_file_is_moved_aside_and_seq_never_reused(
     config = base_config(data, mosquitto.port)
     config["devices"] = [sim_device("dev-a", "10ms", tmp_path / "never")]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways).start()
+    gw = new_gateway(tmp_path, config, gateways).start()
     sub.wait_for(lambda ms: sum(len(d["readings"]) for d in telemetry(ms)) >= 600, timeout=20)
     db, wal = data / "buffer.db", data / "buffer.db-wal"
     noise = random.Random(2)
@@ -317,7 +303,7 @@ def test_power_cut_at_random_moments_loses_only_the_last_commit_window(
     config = base_config(tmp_path / "data", mosquitto.port, commit=f"{COMMIT_MS}ms")
     config["devices"] = [sim_device("dev-a", "10ms", flags[0]), sim_device("dev-b", "25ms", flags[1])]
     sub = subscribe("city/gw-test/+/telemetry")
-    gw = _gateway(tmp_path, config, gateways)
+    gw = new_gateway(tmp_path, config, gateways)
     runs: list[tuple[int, int]] = []  # (start, kill) wall-clock ms of each run
     for _ in range(CYCLES):
         if mosquitto.running and rng.random() < 0.3:
@@ -332,7 +318,7 @@ def test_power_cut_at_random_moments_loses_only_the_last_commit_window(
         gw.kill()
     mosquitto.start()
     gw.start()
-    status = _drain(gw, flags, timeout=60)
+    status = drain_devices(gw, flags, timeout=60)
     assert status["buffer"]["evicted"] == 0
     last = {name: dev["seq"] for name, dev in status["devices"].items()}
     msgs = sub.wait_for(Arrivals().complete(last), timeout=60)

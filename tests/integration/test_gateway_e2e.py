@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Mosquitto, Received, Subscriber, first_arrivals, has_all, retained, telemetry
-from tests.support.gateway_proc import GatewayProcess, base_config, run_cli, write_config
+from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway, run_cli
 from tests.support.modbus_server import ModbusTestServer, encode_registers
 
 TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
@@ -33,10 +33,7 @@ def _sim_device(name: str, interval: str, flag: Path) -> dict[str, Any]:
 
 
 def _start(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
-    path = write_config(tmp_path / "gateway.yaml", config)
-    gw = GatewayProcess(path, Path(config["gateway"]["data_dir"]))
-    gateways.append(gw)
-    return gw.start()
+    return new_gateway(tmp_path, config, gateways).start()
 
 
 def _readings(messages: list[Received]) -> dict[tuple[str, int], list[dict[str, Any]]]:

@@ -31,6 +31,23 @@ def base_config(data_dir: Path, port: int, *, encoding: str = "cbor", commit: st
     }
 
 
+def new_gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
+    """A GatewayProcess (not started) for ``config``, written to tmp_path/gateway.yaml and added to
+    ``gateways`` (the fixture that kills whatever a test left running)."""
+    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
+    gateways.append(gw)
+    return gw
+
+
+def drain_devices(gw: GatewayProcess, flags: list[Path], timeout: float = 30) -> dict[str, Any]:
+    """Stop the simulated devices (create their fail flags) and wait until every device is in error
+    and nothing is pending (all committed and acked); return that status."""
+    for flag in flags:
+        flag.write_text("stopped by the test")
+    return gw.wait_status(lambda s: all(d["state"] == "error" for d in s["devices"].values())
+                          and s["buffer"]["pending"] == 0, timeout=timeout)
+
+
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run `gateway ARGS...` to completion."""
     return subprocess.run(
