@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.simulated.driver import SimulatedConfig, SimulatedDriver
+from gateway import scheduler
 from gateway.buffer import Buffer
 from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
@@ -264,3 +265,63 @@ async def test_a_commit_on_the_grid_takes_the_polls_due_at_the_same_instant(tmp_
         await sched.stop_all()
         await buffer.close()
     assert all(lag < interval / 2 for lag in lags[1:]), lags  # the first commit may precede the first grid poll
+
+
+class _HangingDriver(_SlowDriver):
+    """Answers at once, except its second poll, which never ends unless cancelled."""
+
+    hung_at = 0.0  # loop time the hanging poll began
+
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        if self.polls == 2:
+            type(self).hung_at = asyncio.get_running_loop().time()
+            await asyncio.Event().wait()  # nobody sets it
+        return PollResult([self.polls])
+
+
+async def test_a_hung_poll_is_abandoned_after_the_guard_and_polling_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.2)
+    loop = asyncio.get_running_loop()
+    batches: list[Batch] = []
+    changed: list[tuple[float, str]] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: changed.append((loop.time(), task.health.state)))
+    task = sched.add(_spec("stuck", 0.05), _HangingDriver)  # type: ignore[arg-type]
+    await _until(lambda: task.health.state == "error")
+    assert task.health.last_error == "poll hung and was abandoned"
+    lost_at = next(t for t, state in changed if state == "error")
+    assert lost_at - _HangingDriver.hung_at >= 0.05 + 0.2 - 0.01  # not before interval + POLL_GUARD
+    await _until(lambda: len(batches) >= 2)  # the next poll (after a backoff) answers
+    assert [b.values for b in batches[:2]] == [[1], [3]]
+    assert task.health.state == "ok" and task.alive
+    await sched.stop_all()
+
+
+async def test_stopping_a_device_in_a_hung_poll_is_not_a_device_error() -> None:
+    sched = Scheduler(sink=lambda batch: None, on_change=lambda: None)
+    task = sched.add(_spec("stuck", 0.02), _HangingDriver)  # type: ignore[arg-type]
+    driver = task.driver
+    await _until(lambda: driver.polls == 2)  # type: ignore[attr-defined]
+    await asyncio.wait_for(sched.stop_all(), 2.0)
+    assert not task.alive
+    assert task.health.state == "ok" and task.health.errors == 0
+
+
+class _SteadyDriver(_SlowDriver):
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        await asyncio.sleep(0.05)  # longer than the interval, well within the guard
+        return PollResult([self.polls])
+
+
+async def test_polls_slower_than_the_interval_but_within_the_guard_are_never_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Back-to-back polls for several guard periods: the guard looks at each poll's own start."""
+    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.3)
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    task = sched.add(_spec("slow", 0.01), _SteadyDriver)  # type: ignore[arg-type]
+    await _until(lambda: len(batches) >= 25)  # about 1.3 s: four guard periods
+    await sched.stop_all()
+    assert task.health.errors == 0 and task.health.state == "ok"
