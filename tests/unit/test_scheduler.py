@@ -325,3 +325,31 @@ async def test_polls_slower_than_the_interval_but_within_the_guard_are_never_aba
     await _until(lambda: len(batches) >= 25)  # about 1.3 s: four guard periods
     await sched.stop_all()
     assert task.health.errors == 0 and task.health.state == "ok"
+
+
+class _SwallowingDriver(_SlowDriver):
+    """Its second poll hangs, and when cancelled answers anyway (a driver that swallows a cancel)."""
+
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        if self.polls == 2:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return PollResult([-1])
+        return PollResult([self.polls])
+
+
+async def test_a_driver_that_swallows_the_guards_cancel_keeps_polling_and_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.1)
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    task = sched.add(_spec("odd", 0.02), _SwallowingDriver)  # type: ignore[arg-type]
+    await _until(lambda: len(batches) >= 4)
+    assert [b.values for b in batches[:3]] == [[1], [-1], [3]]  # what it answered counts, as a poll
+    assert task.health.state == "ok" and task.health.errors == 0
+    assert task._task is not None and task._task.cancelling() == 0  # the guard took its cancel back
+    await asyncio.wait_for(sched.stop_all(), 2.0)
+    assert not task.alive
