@@ -268,15 +268,22 @@ async def test_a_commit_on_the_grid_takes_the_polls_due_at_the_same_instant(tmp_
 
 
 class _HangingDriver(_SlowDriver):
-    """Answers at once, except its second poll, which never ends unless cancelled."""
+    """Answers at once, except its second poll, which never ends unless cancelled (and with
+    ``swallow`` then answers anyway, as a driver that swallows a cancel would)."""
 
     hung_at = 0.0  # loop time the hanging poll began
+    swallow = False
 
     async def poll(self) -> PollResult:
         self.polls += 1
         if self.polls == 2:
             type(self).hung_at = asyncio.get_running_loop().time()
-            await asyncio.Event().wait()  # nobody sets it
+            try:
+                await asyncio.Event().wait()  # nobody sets it
+            except asyncio.CancelledError:
+                if not self.swallow:
+                    raise
+                return PollResult([-1])
         return PollResult([self.polls])
 
 
@@ -327,17 +334,8 @@ async def test_polls_slower_than_the_interval_but_within_the_guard_are_never_aba
     assert task.health.errors == 0 and task.health.state == "ok"
 
 
-class _SwallowingDriver(_SlowDriver):
-    """Its second poll hangs, and when cancelled answers anyway (a driver that swallows a cancel)."""
-
-    async def poll(self) -> PollResult:
-        self.polls += 1
-        if self.polls == 2:
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                return PollResult([-1])
-        return PollResult([self.polls])
+class _SwallowingDriver(_HangingDriver):
+    swallow = True
 
 
 async def test_a_driver_that_swallows_the_guards_cancel_keeps_polling_and_stops_cleanly(
