@@ -150,7 +150,8 @@ class ModbusDriver:
             plan = self._plan(tuple(n for n in self._every if phase % n == 0))
             try:
                 link = self._acquire()
-                await self._counted(link.open(self._timeout))
+                if not link.connected:  # each request opens the link too; this fails a poll early
+                    await self._counted(link.open(self._timeout))
                 values: list[Any] = [None] * len(self._points)
                 errors: dict[int, str] = {}
                 for block in tuple(plan.blocks):
