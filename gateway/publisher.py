@@ -40,6 +40,7 @@ from gateway.mqttlink import (
     login_refused,
     socket_options,
 )
+from gateway.overdue import SharedTimeout
 from gateway.settings import MqttSection
 from gateway.tls import tls_context
 
@@ -275,6 +276,7 @@ class _Session:
         self.client = client
         self.paho_log = paho_log
         self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
+        self._puback = SharedTimeout(pub.mqtt.publish_timeout)  # a PUBACK later than this: link dead
         self.tg = asyncio.TaskGroup()
         self.sends: set[asyncio.Task[None]] = set()
         self.commands: set[asyncio.Task[None]] = set()
@@ -286,6 +288,12 @@ class _Session:
 
     async def serve(self) -> None:
         """Return after the goodbye when stop() asks; raise when the link fails."""
+        try:
+            await self._serve()
+        finally:
+            self._puback.close()
+
+    async def _serve(self) -> None:
         pub = self.pub
         async with self.tg:
             watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
@@ -362,14 +370,16 @@ class _Session:
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
                        timeout: float | None = None, slot_taken: bool = False) -> None:
         """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
-        timeout = self.pub.mqtt.publish_timeout if timeout is None else timeout
+        # The usual limit is one timer for every message in flight (gateway.overdue), not one per message.
+        guard = self._puback if timeout is None else asyncio.timeout(timeout)
         if not slot_taken:
             await self.window.acquire()
         try:
-            async with asyncio.timeout(timeout):
+            async with guard:
                 await self.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
         except TimeoutError:
-            raise LinkDead(f"no PUBACK within {timeout:g} s") from None
+            limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
+            raise LinkDead(f"no PUBACK within {limit:g} s") from None
         finally:
             self.window.release()
 

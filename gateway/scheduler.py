@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
 from gateway.model import Batch, PointSet, PollResult
+from gateway.overdue import SharedTimeout
 from gateway.report import ReportFilter
 from gateway.settings import DeviceSpec
 
@@ -125,10 +125,7 @@ class DeviceTask:
         self.bus_lock = bus_lock
         self._task: asyncio.Task[None] | None = None
         self._opened = False
-        # The hung-poll guard: one timer at a time, not one per poll (see _guarded_poll).
-        self._polling: tuple[asyncio.Task[Any], float] | None = None  # the task in a poll, since when
-        self._guard: asyncio.TimerHandle | None = None
-        self._hung = False
+        self._guard = SharedTimeout(spec.interval + POLL_GUARD)  # a poll this long has hung
 
     @property
     def bus(self) -> str | None:
@@ -149,9 +146,7 @@ class DeviceTask:
             except Exception as exc:  # the loop died of a bug: stopping must still go on (and flush)
                 log.error("device %s: poll loop had died: %s: %s", self.spec.name, type(exc).__name__, exc)
             self._task = None
-        if self._guard is not None:
-            self._guard.cancel()
-            self._guard = None
+        self._guard.close()
         await self._close()
 
     @property
@@ -219,51 +214,15 @@ class DeviceTask:
     async def _guarded_poll(self) -> PollResult:
         """Open (once) and poll the driver; TimeoutError when the poll outlives interval + POLL_GUARD.
 
-        Like ``asyncio.timeout``, but one timer serves many polls: a per-poll timer would be
-        created and cancelled ten times a second at a 100 ms interval, and each cancelled one
-        stays in the event loop's timer heap for the length of the guard.
+        The guard is one timer for all the polls of the device (gateway.overdue): a per-poll
+        asyncio.timeout would leave a cancelled timer in the event loop's heap for the 30 s of the
+        guard, ten times a second at a 100 ms interval.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        started, cancelling = loop.time(), task.cancelling()
-        self._polling = (task, started)
-        if self._guard is None:
-            self._guard = loop.call_at(started + self.spec.interval + POLL_GUARD, self._check_hung)
-        try:
+        async with self._guard:
             if not self._opened:
                 await self.driver.open()
                 self._opened = True
             return await self.driver.poll()
-        except asyncio.CancelledError:
-            if self._disarm(task) and task.cancelling() <= cancelling:  # the guard's cancel alone
-                raise TimeoutError from None
-            raise
-        finally:
-            self._disarm(task)  # a cancel the driver swallowed, or turned into another error
-            self._polling = None
-
-    def _disarm(self, task: asyncio.Task[Any]) -> bool:
-        """Take back the guard's cancel of ``task``, if it made one; True if it had."""
-        if not self._hung:
-            return False
-        self._hung = False
-        task.uncancel()
-        return True
-
-    def _check_hung(self) -> None:
-        """The guard's timer: cancel a poll past its limit, or look again at the running poll's."""
-        self._guard = None
-        if self._polling is None:
-            return  # no poll running: the next one sets the timer again
-        task, started = self._polling
-        limit = started + self.spec.interval + POLL_GUARD
-        loop = asyncio.get_running_loop()
-        if loop.time() >= limit:
-            self._hung = True
-            task.cancel()
-        else:
-            self._guard = loop.call_at(limit, self._check_hung)
 
     async def _failed(self, exc: BaseException) -> None:
         reason = _describe(exc)

@@ -1,0 +1,71 @@
+"""``SharedTimeout``: ``asyncio.timeout(limit)`` for many waits of one limit, with one timer.
+
+Each ``asyncio.timeout`` schedules a timer and cancels it when the block ends early, and a
+cancelled timer stays in the event loop's heap until it would have fired. A wait that is nearly
+always short but must have a long limit (a poll guarded for 30 s, done ten times a second; a PUBACK
+awaited for 10 s, per message) then fills the heap with hundreds of dead timers, and every timer
+the loop schedules pays for them. Here the blocks sharing a limit share a single timer: it is set
+when none is pending, and when it fires it cancels the blocks past their limit and is set again for
+the oldest one still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+
+class SharedTimeout:
+    """``async with guard:`` raises TimeoutError when the block outlives ``limit`` seconds.
+
+    As with ``asyncio.timeout``: the block's task is cancelled at the limit and the CancelledError
+    becomes TimeoutError when the guard's cancel was the only one; a cancel from elsewhere (a stop)
+    stays a CancelledError; a cancel the block swallowed is taken back. One block per task at a
+    time. ``close()`` drops the pending timer.
+    """
+
+    __slots__ = ("_expired", "_running", "_timer", "limit")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._running: dict[asyncio.Task[object], tuple[float, int]] = {}  # task: (start, cancelling), oldest first
+        self._expired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("SharedTimeout must be used inside a task")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._running[task] = (start, task.cancelling())
+        if self._timer is None:
+            self._timer = loop.call_at(start + self.limit, self._fire)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        _, cancelling = self._running.pop(task)
+        if task in self._expired:
+            self._expired.discard(task)
+            if task.uncancel() <= cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+    def close(self) -> None:
+        """Cancel the pending timer (a block entered later sets a new one)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, (start, _) in self._running.items():
+            if start + self.limit > now:  # the oldest block still within its limit
+                self._timer = loop.call_at(start + self.limit, self._fire)
+                return
+            if task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
