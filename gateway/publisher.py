@@ -370,6 +370,7 @@ class _Session:
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
                        timeout: float | None = None, slot_taken: bool = False) -> None:
         """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
+        limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
         # The usual limit is one timer for every message in flight (gateway.overdue), not one per message.
         guard = self._puback if timeout is None else asyncio.timeout(timeout)
         if not slot_taken:
@@ -378,7 +379,6 @@ class _Session:
             async with guard:
                 await self.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
         except TimeoutError:
-            limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
             raise LinkDead(f"no PUBACK within {limit:g} s") from None
         finally:
             self.window.release()
