@@ -14,7 +14,7 @@ from gateway import scheduler
 from gateway.buffer import Buffer
 from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
-from gateway.scheduler import MAX_BACKOFF, Scheduler, backoff_delay, next_deadline
+from gateway.scheduler import MAX_BACKOFF, DeviceTask, Scheduler, backoff_delay, next_deadline
 from gateway.settings import DeviceSpec
 
 
@@ -314,6 +314,15 @@ async def test_stopping_a_device_in_a_hung_poll_is_not_a_device_error() -> None:
     assert task.health.state == "ok" and task.health.errors == 0
 
 
+def _guarded_device(monkeypatch: pytest.MonkeyPatch, guard: float, driver: type, interval: float,
+                    ) -> tuple[Scheduler, DeviceTask, list[Batch]]:
+    """One device of ``driver`` polled every ``interval`` with POLL_GUARD set to ``guard``."""
+    monkeypatch.setattr(scheduler, "POLL_GUARD", guard)
+    batches: list[Batch] = []
+    sched = Scheduler(sink=batches.append, on_change=lambda: None)
+    return sched, sched.add(_spec("dev", interval), driver), batches
+
+
 class _SteadyDriver(_SlowDriver):
     async def poll(self) -> PollResult:
         self.polls += 1
@@ -325,10 +334,7 @@ async def test_polls_slower_than_the_interval_but_within_the_guard_are_never_aba
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Back-to-back polls for several guard periods: the guard looks at each poll's own start."""
-    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.3)
-    batches: list[Batch] = []
-    sched = Scheduler(sink=batches.append, on_change=lambda: None)
-    task = sched.add(_spec("slow", 0.01), _SteadyDriver)  # type: ignore[arg-type]
+    sched, task, batches = _guarded_device(monkeypatch, 0.3, _SteadyDriver, 0.01)
     await _until(lambda: len(batches) >= 25)  # about 1.3 s: four guard periods
     await sched.stop_all()
     assert task.health.errors == 0 and task.health.state == "ok"
@@ -341,10 +347,7 @@ class _SwallowingDriver(_HangingDriver):
 async def test_a_driver_that_swallows_the_guards_cancel_keeps_polling_and_stops_cleanly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.1)
-    batches: list[Batch] = []
-    sched = Scheduler(sink=batches.append, on_change=lambda: None)
-    task = sched.add(_spec("odd", 0.02), _SwallowingDriver)  # type: ignore[arg-type]
+    sched, task, batches = _guarded_device(monkeypatch, 0.1, _SwallowingDriver, 0.02)
     await _until(lambda: len(batches) >= 4)
     assert [b.values for b in batches[:3]] == [[1], [-1], [3]]  # what it answered counts, as a poll
     assert task.health.state == "ok" and task.health.errors == 0
