@@ -19,7 +19,7 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError  # a refused CONNACK (not exported by the package)
 
-from gateway.scheduler import sleep_until
+from gateway.timers import sleep_until
 from gateway.tls import tls_reason
 
 # CONNACK codes that refuse the login: bad user name or password, not authorized (MQTT 3.1.1's 4 and 5

@@ -40,8 +40,8 @@ from gateway.mqttlink import (
     login_refused,
     socket_options,
 )
-from gateway.overdue import SharedTimeout
 from gateway.settings import MqttSection
+from gateway.timers import SharedTimeout
 from gateway.tls import tls_context
 
 log = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class _Session:
                        timeout: float | None = None, slot_taken: bool = False) -> None:
         """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
         limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
-        # The usual limit is one timer for every message in flight (gateway.overdue), not one per message.
+        # The usual limit is one timer for every message in flight (gateway.timers), not one per message.
         guard = self._puback if timeout is None else asyncio.timeout(timeout)
         if not slot_taken:
             await self.window.acquire()

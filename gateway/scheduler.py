@@ -17,9 +17,9 @@ from pathlib import Path
 
 from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
 from gateway.model import Batch, PointSet, PollResult
-from gateway.overdue import SharedTimeout
 from gateway.report import ReportFilter
 from gateway.settings import DeviceSpec
+from gateway.timers import SharedTimeout, sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +65,6 @@ def next_deadline(deadline: float, interval: float, now: float) -> tuple[float, 
 def aligned(t: float, interval: float) -> float:
     """The point of the ``interval`` grid (multiples of it on the monotonic clock) nearest to ``t``."""
     return math.floor(t / interval + 0.5) * interval
-
-
-async def sleep_until(deadline: float) -> None:
-    """Sleep until the event loop's clock (the monotonic clock) reads ``deadline``.
-
-    Unlike ``asyncio.sleep(deadline - now)`` the timer is due at exactly ``deadline``: tasks
-    waiting for the same deadline are woken in one pass of the loop.
-    """
-    loop = asyncio.get_running_loop()
-    if deadline <= loop.time():
-        await asyncio.sleep(0)
-        return
-    woken = loop.create_future()
-    handle = loop.call_at(deadline, _wake, woken)
-    try:
-        await woken
-    finally:
-        handle.cancel()
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> float:
@@ -214,7 +191,7 @@ class DeviceTask:
     async def _guarded_poll(self) -> PollResult:
         """Open (once) and poll the driver; TimeoutError when the poll outlives interval + POLL_GUARD.
 
-        The guard is one timer for all the polls of the device (gateway.overdue): a per-poll
+        The guard is one timer for all the polls of the device (gateway.timers): a per-poll
         asyncio.timeout would leave a cancelled timer in the event loop's heap for the 30 s of the
         guard, ten times a second at a 100 ms interval.
         """

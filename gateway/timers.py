@@ -1,18 +1,46 @@
-"""``SharedTimeout``: ``asyncio.timeout(limit)`` for many waits of one limit, with one timer.
+"""Timers of the event loop used on hot paths: ``sleep_until`` and ``SharedTimeout``.
 
-Each ``asyncio.timeout`` schedules a timer and cancels it when the block ends early, and a
-cancelled timer stays in the event loop's heap until it would have fired. A wait that is nearly
-always short but must have a long limit (a poll guarded for 30 s, done ten times a second; a PUBACK
-awaited for 10 s, per message) then fills the heap with hundreds of dead timers, and every timer
-the loop schedules pays for them. Here the blocks sharing a limit share a single timer: it is set
-when none is pending, and when it fires it cancels the blocks past their limit and is set again for
-the oldest one still running.
+``sleep_until(deadline)``: a sleep due at exactly ``deadline`` of the loop's (monotonic) clock, so
+tasks waiting for the same instant (polls on one grid, commits, paho's housekeeping on whole
+seconds) are woken in one pass of the loop.
+
+``SharedTimeout``: ``asyncio.timeout(limit)`` for many waits of one limit, with one timer. Each
+``asyncio.timeout`` schedules a timer and cancels it when the block ends early, and a cancelled
+timer stays in the event loop's heap until it would have fired. A wait that is nearly always short
+but must have a long limit (a poll guarded for 30 s, done ten times a second; a PUBACK awaited for
+10 s, per message) then fills the heap with hundreds of dead timers, and every timer the loop
+schedules pays for them. Here the blocks sharing a limit share a single timer: it is set when none
+is pending, and when it fires it cancels the blocks past their limit and is set again for the
+oldest one still running.
 """
 
 from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until the event loop's clock (the monotonic clock) reads ``deadline``.
+
+    Unlike ``asyncio.sleep(deadline - now)`` the timer is due at exactly ``deadline``: tasks
+    waiting for the same deadline are woken in one pass of the loop.
+    """
+    loop = asyncio.get_running_loop()
+    if deadline <= loop.time():
+        await asyncio.sleep(0)
+        return
+    woken = loop.create_future()
+    handle = loop.call_at(deadline, _wake, woken)
+    try:
+        await woken
+    finally:
+        handle.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SharedTimeout:

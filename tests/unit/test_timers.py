@@ -1,4 +1,4 @@
-"""SharedTimeout: asyncio.timeout's behaviour for many blocks of one limit, with one timer."""
+"""gateway.timers: sleep_until, and SharedTimeout (asyncio.timeout for many blocks of one limit, one timer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from gateway.overdue import SharedTimeout
+from gateway.timers import SharedTimeout, sleep_until
 
 
 async def _hang() -> None:
@@ -98,3 +98,35 @@ async def test_a_swallowed_cancel_is_taken_back() -> None:
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
     async with guard:  # and the guard still works
         await asyncio.sleep(0)
+
+
+async def test_sleep_until_wakes_at_its_deadline_and_not_before() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.05
+    await sleep_until(deadline)
+    assert loop.time() >= deadline
+    past = loop.time() - 1.0
+    await sleep_until(past)  # a deadline gone by: it returns at the next pass of the loop
+    assert loop.time() - deadline < 1.0
+
+
+async def test_sleepers_for_one_deadline_wake_in_the_same_pass_of_the_loop() -> None:
+    """What puts polls of one interval, commits and paho's housekeeping in one wake-up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.05
+    woke: list[int] = []
+    passes = 0
+
+    def count_passes() -> None:  # a callback re-armed at every pass: counts them
+        nonlocal passes
+        passes += 1
+        if len(woke) < 3:
+            loop.call_soon(count_passes)
+
+    async def sleeper() -> None:
+        await sleep_until(deadline)
+        woke.append(passes)
+
+    loop.call_soon(count_passes)
+    await asyncio.gather(*(sleeper() for _ in range(3)))
+    assert len(set(woke)) == 1, woke
