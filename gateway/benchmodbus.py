@@ -190,7 +190,6 @@ class _Answers(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.waiting: asyncio.Future[bytes] | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer = b""
 
     def data_received(self, data: bytes) -> None:
@@ -204,8 +203,6 @@ class _Answers(asyncio.Protocol):
                 self.waiting.set_result(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_exception(ConnectionError("the Modbus server closed the connection"))
 
