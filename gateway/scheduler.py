@@ -286,14 +286,16 @@ class Scheduler:
     async def swap(self, remove: list[str], start: list[DeviceTask]) -> None:
         """Stop the devices named in ``remove``, then start the tasks in ``start`` (from ``build``).
 
-        A stopped task leaves ``tasks`` only once stopped, so a swap cut short (shutdown) leaves
-        ``stop_all`` everything still running.
+        The leaving tasks are out of ``tasks`` (status, watchdog) while they stop; a swap cut short
+        (shutdown) puts them back, so ``stop_all`` finishes stopping them.
         """
-        leaving = [self.tasks[name] for name in remove if name in self.tasks]
-        await asyncio.gather(*(task.stop() for task in leaving))
-        for task in leaving:
-            if self.tasks.get(task.spec.name) is task:
-                del self.tasks[task.spec.name]
+        leaving = [self.tasks.pop(name) for name in remove if name in self.tasks]
+        try:
+            await asyncio.gather(*(task.stop() for task in leaving))
+        except asyncio.CancelledError:
+            for task in leaving:
+                self.tasks.setdefault(task.spec.name, task)
+            raise
         for task in start:
             self.tasks[task.spec.name] = task
             task.start()
