@@ -77,9 +77,9 @@ class ReloadQueue:
     """Runs config changes one at a time, in the order they were asked for.
 
     Two changes never interleave at their awaits, so each is diffed against what actually runs.
-    A job asked for with a ``key`` while another job of that key is still waiting joins the waiting
-    one instead of queueing again: any number of SIGHUPs during a reload give exactly one more
-    reload, and since that one reads the file when it starts, the last file wins.
+    A job asked for with a ``key`` while the last job waiting has that key joins it instead of
+    queueing again: any number of SIGHUPs during a reload give exactly one more reload, and since
+    that one reads the file when it starts, the last file wins.
 
     ``submit()`` may be called from a signal handler; ``run()`` is the worker (one task; cancel it
     to stop, which cancels what is still waiting).
@@ -91,10 +91,9 @@ class ReloadQueue:
 
     def submit(self, job: Job, *, key: str | None = None) -> asyncio.Future[bool]:
         """Queue ``job``; the future tells whether it applied (False also when it raised)."""
-        if key is not None:
-            for waiting in self._waiting:
-                if waiting.key == key:
-                    return waiting.done
+        # Join only the last one waiting: a request never runs before one asked for earlier.
+        if key is not None and self._waiting and self._waiting[-1].key == key:
+            return self._waiting[-1].done
         item = _Waiting(job, key, asyncio.get_running_loop().create_future())
         self._waiting.append(item)
         self._wake.set()

@@ -155,7 +155,10 @@ async def test_a_failing_change_leaves_the_queue_running_and_cancel_drops_the_wa
         job.started.clear()
         running, waiting = queue.submit(job), queue.submit(job, key="file")
         await asyncio.wait_for(job.started.wait(), 5)
+        # a keyed request joins only the last one waiting: it never jumps ahead of an earlier one
+        later, again = queue.submit(job), queue.submit(job, key="file")
+        assert again is not waiting
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
-    assert running.cancelled() and waiting.cancelled() and job.running == 0
+    assert all(f.cancelled() for f in (running, waiting, later, again)) and job.running == 0
