@@ -21,8 +21,8 @@ from gateway.config import ConfigFileError, load_config
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.driver import load_driver
 from gateway.publisher import Publisher
-from gateway.reload import diff
-from gateway.scheduler import Scheduler
+from gateway.reload import ConfigDiff, ReloadQueue, diff
+from gateway.scheduler import DeviceTask, Scheduler
 from gateway.settings import Config
 from gateway.systemd import notify
 from gateway.watchdog import Watchdog, gateway_problem
@@ -36,6 +36,10 @@ RAN_WELL_AFTER = 30.0  # seconds up before a config counts as one that ran well 
 
 class AlreadyRunning(RuntimeError):
     """Another gateway process holds the data directory."""
+
+
+class _CannotStart(Exception):
+    """A device of a new config cannot be started; the message says which and why."""
 
 
 class Daemon:
@@ -64,6 +68,7 @@ class Daemon:
         self._publisher_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.reload_error: str | None = None
+        self.reloads = ReloadQueue()  # every config change goes through it, one at a time
         self.restart_pending: list[str] = []
         self.control = ControlServer(self.data_dir / SOCKET_NAME, self._control)
         self.watchdog = Watchdog(lambda: gateway_problem(self.scheduler, self._publisher_task))
@@ -83,7 +88,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "reload")
+        self._spawn(self.reloads.run, "reloads")
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._spawn(self._keep_as_last_good, "last-good")
         if self.config.fallback:
             log.error("running the last config that ran well: %s", self.config.fallback)
@@ -179,11 +185,18 @@ class Daemon:
         except OSError as exc:
             log.warning("could not keep the last good config: %s", exc)
 
-    async def reload(self) -> bool:
-        """Re-read the config file (SIGHUP); apply it if valid, keep the running one if not.
+    def request_reload(self) -> asyncio.Future[bool]:
+        """Re-read the config file once the change under way (if any) is done (SIGHUP).
 
-        Only the devices that changed are restarted; buffered data and seq are untouched; the
-        broker session is renewed only when the mqtt section changed.
+        Requests made while one waits join it: a storm of SIGHUPs gives one more reload, of the
+        file as it is when that reload starts.
+        """
+        return self.reloads.submit(self.reload, key="file")
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply it if valid, keep the running one if not.
+
+        Runs only through ``self.reloads`` (``request_reload``), never beside another change.
         """
         path = self.config.path
         try:
@@ -193,27 +206,59 @@ class Daemon:
             log.error("reload refused, the running config stays: %s is invalid:\n%s", path, exc)
             self._status_changed()
             return False
+        return await self.apply_config(new)
+
+    async def apply_config(self, new: Config) -> bool:
+        """Apply a validated config whole, or not at all; returns True when applied.
+
+        Only the devices that changed are restarted; buffered data and seq are untouched; the
+        broker session is renewed only when the mqtt section (or commands.enabled) changed.
+        Everything that can fail (loading drivers, constructing the new devices' tasks and the new
+        publisher) is done before any running device stops, so a failure leaves the running config
+        as it was: it is reported in ``config.reload_error`` and later changes diff against it.
+        """
         change = diff(self.config, new)
-        for name in [*change.removed, *(spec.name for spec in change.changed)]:
-            await self.scheduler.remove(name)
-        for spec in [*change.changed, *change.added]:
-            if spec.enabled:
-                self.scheduler.add(spec, load_driver(spec.driver))
-        self.commands.remember = new.commands.remember_ids
-        if change.mqtt_changed or new.commands.enabled != self.config.commands.enabled:
-            if new.commands.enabled != self.config.commands.enabled:
-                log.info("reload: remote commands %s", "enabled" if new.commands.enabled else "disabled")
-            await self._renew_publisher(new)
+        renew = change.mqtt_changed or new.commands.enabled != self.config.commands.enabled
+        try:
+            starting = self._build_devices(change)
+            publisher = self._new_publisher(new) if renew else None
+        except _CannotStart as exc:
+            self.reload_error = str(exc)
+            log.error("reload refused, the running config stays: %s", exc)
+            self._status_changed()
+            return False
+        await self.scheduler.swap([*change.removed, *(spec.name for spec in change.changed)], starting)
         if change.restart_pending:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
             new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer)
+        if new.commands.enabled != self.config.commands.enabled:
+            log.info("reload: remote commands %s", "enabled" if new.commands.enabled else "disabled")
+        # The running devices are the new ones from here: config and status say so before the
+        # broker session is renewed, so the new session's first status is already true.
         self.config, self.reload_error, self.restart_pending = new, None, change.restart_pending
+        self.commands.remember = new.commands.remember_ids
+        if publisher is not None:
+            await self._renew_publisher(publisher)
         log.info("config reloaded (%s): %s", new.hash, change.summary())
         self._status_changed()
         self._spawn(self._keep_as_last_good, "last-good")
         return True
 
-    async def _renew_publisher(self, config: Config) -> None:
+    def _build_devices(self, change: ConfigDiff) -> list[DeviceTask]:
+        """The tasks of the added and changed devices, built but not started (raises _CannotStart)."""
+        tasks = []
+        for spec in [*change.changed, *change.added]:
+            if not spec.enabled:
+                continue
+            try:
+                tasks.append(self.scheduler.build(spec, load_driver(spec.driver)))
+            except Exception as exc:  # a driver that cannot load or whose constructor raises
+                raise _CannotStart(
+                    f"device {spec.name!r} (driver {spec.driver!r}) cannot start: {type(exc).__name__}: {exc}"
+                ) from exc
+        return tasks
+
+    async def _renew_publisher(self, publisher: Publisher) -> None:
         old, old_task = self.publisher, self._publisher_task
         with contextlib.suppress(Exception):
             await old.stop(timeout=3.0)
@@ -221,7 +266,7 @@ class Daemon:
             old_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await old_task
-        self.publisher = self._new_publisher(config)
+        self.publisher = publisher
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
 
     def status(self) -> dict[str, Any]:

@@ -264,15 +264,41 @@ class Scheduler:
 
     def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
         """Create and start the task of one device."""
+        task = self.build(spec, driver_cls)
+        self.tasks[spec.name] = task
+        task.start()
+        return task
+
+    def build(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
+        """The task of one device, not started: constructs the driver (which may raise).
+
+        Nothing runs yet and nothing needs undoing if it is dropped: a driver opens its
+        connection only when polled.
+        """
         task = DeviceTask(
             spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared,
             data_dir=self._data_dir, congested=self._congested, relief=self._relief, stamp=self._stamp,
         )
         if task.bus is not None:
             task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
-        self.tasks[spec.name] = task
-        task.start()
         return task
+
+    async def swap(self, remove: list[str], start: list[DeviceTask]) -> None:
+        """Stop the devices named in ``remove``, then start the tasks in ``start`` (from ``build``).
+
+        The leaving tasks are out of ``tasks`` (status, watchdog) while they stop; a swap cut short
+        (shutdown) puts them back, so ``stop_all`` finishes stopping them.
+        """
+        leaving = [self.tasks.pop(name) for name in remove if name in self.tasks]
+        try:
+            await asyncio.gather(*(task.stop() for task in leaving))
+        except asyncio.CancelledError:
+            for task in leaving:
+                self.tasks.setdefault(task.spec.name, task)
+            raise
+        for task in start:
+            self.tasks[task.spec.name] = task
+            task.start()
 
     async def remove(self, name: str) -> None:
         task = self.tasks.pop(name, None)

@@ -1,14 +1,15 @@
-"""What a reload restarts, and where the last good config is kept and found."""
+"""What a reload restarts, how reloads queue, and where the last good config is kept and found."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from gateway import lastgood
 from gateway.config import load_config
-from gateway.reload import diff
+from gateway.reload import ReloadQueue, diff
 
 BASE = """\
 gateway: {{id: gw1, data_dir: {data}}}
@@ -95,3 +96,69 @@ def test_the_last_good_copy_is_the_file_as_written_or_the_merged_includes(
     assert "${MQTT_HOST}" in saved and "include" not in saved
     again = load_config(tmp_path / lastgood.FILE_NAME)  # loads on its own, the devices inlined
     assert [d.name for d in again.devices] == ["a"] and again.hash == config.hash
+
+
+class _FileReload:
+    """A reload job that reads ``file`` when it starts and is held at its await until released."""
+
+    def __init__(self) -> None:
+        self.file = "v0"
+        self.applied: list[str] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.running = self.most_at_once = 0
+
+    async def __call__(self) -> bool:
+        read = self.file
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        self.started.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        self.applied.append(read)
+        return True
+
+
+async def test_requests_during_a_reload_give_exactly_one_more_of_the_last_file() -> None:
+    queue, job = ReloadQueue(), _FileReload()
+    worker = asyncio.create_task(queue.run())
+    try:
+        first = queue.submit(job, key="file")
+        await asyncio.wait_for(job.started.wait(), 5)
+        waiting = set()
+        for version in range(1, 31):  # a storm of SIGHUPs while the file changes
+            job.file = f"v{version}"
+            waiting.add(queue.submit(job, key="file"))
+        assert len(waiting) == 1 and first not in waiting  # all joined one waiting reload
+        job.release.set()
+        assert await asyncio.wait_for(first, 5) and await asyncio.wait_for(waiting.pop(), 5)
+        assert job.applied == ["v0", "v30"] and job.most_at_once == 1
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
+async def test_a_failing_change_leaves_the_queue_running_and_cancel_drops_the_waiting() -> None:
+    queue, job = ReloadQueue(), _FileReload()
+    worker = asyncio.create_task(queue.run())
+
+    async def broken() -> bool:
+        raise RuntimeError("bug")
+
+    try:
+        assert await asyncio.wait_for(queue.submit(broken), 5) is False
+        job.release.set()
+        assert await asyncio.wait_for(queue.submit(job), 5) is True
+        job.release.clear()
+        job.started.clear()
+        running, waiting = queue.submit(job), queue.submit(job, key="file")
+        await asyncio.wait_for(job.started.wait(), 5)
+        # a keyed request joins only the last one waiting: it never jumps ahead of an earlier one
+        later, again = queue.submit(job), queue.submit(job, key="file")
+        assert again is not waiting
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    assert all(f.cancelled() for f in (running, waiting, later, again)) and job.running == 0
