@@ -249,6 +249,7 @@ class Daemon:
                 "evicted": stats.evicted,
                 "bytes": stats.bytes,
                 "recovered_corrupt": stats.recovered_corrupt,
+                "quarantined": stats.quarantined,
             },
             "broker": {
                 "connected": self.publisher.connected,
