@@ -188,25 +188,43 @@ class Buffer:
         """
         await self._commit()
 
-    async def close(self) -> None:
-        """Flush, checkpoint the WAL, stop the writer thread and close the database."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Flush, checkpoint the WAL, stop the writer thread and close the database.
+
+        With ``timeout`` (seconds), gives up when the disk does not finish in time (a stalled SD
+        card): returns False, the writer thread is left to its fate (it cannot be interrupted; a
+        process must then exit without joining it, see gateway.cli), and what was not committed is
+        lost as in a power cut (``uncommitted`` tells how much). Returns True once closed.
+        """
         if self._closed:
-            return
+            return True
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
         if self._store is None or self._executor is None:
-            return
+            return True
+        gave_up = False
         try:
-            await self._commit()
-            if self._waiting_n:
-                logger.error("buffer: closing with %d readings that could not be committed (lost)",
-                             self._waiting_n)
-            await self._run(self._store.close)
+            async with asyncio.timeout(timeout):
+                await self._commit()
+                if self._waiting_n:
+                    logger.error("buffer: closing with %d readings that could not be committed (lost)",
+                                 self._waiting_n)
+                await self._run(self._store.close)
+        except TimeoutError:
+            gave_up = True
         finally:
-            self._executor.shutdown(wait=True)
+            # A thread stuck in a write cannot be joined, nor interrupted: leave it behind.
+            self._executor.shutdown(wait=not gave_up, cancel_futures=gave_up)
             self._store, self._executor = None, None
+        return not gave_up
+
+    @property
+    def uncommitted(self) -> tuple[int, int]:
+        """(readings put but not committed, acked rows not yet deleted): what a power cut now would
+        cost (the acked rows would be sent again)."""
+        return self._waiting_n + self._inflight_n, len(self._acks) + len(self._acks_inflight)
 
     def congested(self, *, publishing: bool = False) -> bool:
         """True while commits succeed but the pipeline is past its capacity: more than half the

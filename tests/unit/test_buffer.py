@@ -255,6 +255,24 @@ async def test_cancelled_flush_still_completes_its_commit(make: Callable[..., An
     assert seqs(await drain(buf)) == upto(5)
 
 
+async def test_close_gives_up_on_a_stalled_disk_within_its_timeout(make: Callable[..., Any]) -> None:
+    buf = await make()
+    buf.put(batch())
+    await buf.flush()
+    (stored,) = await drain(buf)
+    buf.ack([stored.row])
+    gate = threading.Event()
+    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))  # the writer is stuck
+    buf.put(batch(base=1))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await buf.close(timeout=0.3) is False
+    assert loop.time() - started < 2.0
+    assert buf.uncommitted == (5, 1)  # the readings a power cut would cost, the acks not applied
+    gate.set()
+    await blocked
+
+
 async def test_restart_keeps_unacked_rows_and_continues_seq(make: Callable[..., Any], tmp_path: Path) -> None:
     buf = await make()
     for i in range(3):
