@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ class BufferStats:
     evicted: int  # readings evicted (cap) or dropped (disk stalled) since the buffer was created
     bytes: int  # payload bytes stored
     recovered_corrupt: int  # corrupt database files moved aside in this run
+    quarantined: int = 0  # readings set aside (not encodable for the wire) since the buffer was created
 
 
 class Buffer:
@@ -87,6 +88,7 @@ class Buffer:
         self._busy = 0.0  # share of the event loop thread's time on CPU over the last commit interval
         self._acks: set[int] = set()  # acked, not yet handed to a commit
         self._acks_inflight: frozenset[int] = frozenset()
+        self._aside: dict[int, str] = {}  # row -> why it cannot be sent; also in _acks (see quarantine)
         self._dropped = 0  # dropped while the disk stalled, not yet added to meta's evicted
         self._recovered = 0
         self._closed = self._dropping = self._evicting = False
@@ -105,7 +107,8 @@ class Buffer:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
-        self._counts = _Counts(store.pending, store.bytes, store.evicted, dict(store.next_seq))
+        self._counts = _Counts(store.pending, store.bytes, store.evicted, dict(store.next_seq),
+                               quarantined=store.quarantined)
         self._fresh_from = store.next_row  # older rows are read from the database
         self._handed_row = store.next_row - 1
         self._recovered += store.recovered
@@ -171,6 +174,13 @@ class Buffer:
             if (batch := fresh.pop(row, None)) is not None:
                 self._fresh_n -= len(batch.values)
 
+    def quarantine(self, rows: Mapping[int, str]) -> None:
+        """Set these rows (row -> reason) aside: they cannot be sent (a poison batch). fetch no longer
+        returns them; the next commit moves them to the quarantine table, where they count against
+        max_bytes (and are the first evicted) until the cap needs their room."""
+        self._aside.update(rows)
+        self.ack(rows)
+
     async def flush(self) -> None:
         """Commit everything put so far and apply acks; returns once fsynced.
 
@@ -178,25 +188,43 @@ class Buffer:
         """
         await self._commit()
 
-    async def close(self) -> None:
-        """Flush, checkpoint the WAL, stop the writer thread and close the database."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Flush, checkpoint the WAL, stop the writer thread and close the database.
+
+        With ``timeout`` (seconds), gives up when the disk does not finish in time (a stalled SD
+        card): returns False, the writer thread is left to its fate (it cannot be interrupted; a
+        process must then exit without joining it, see gateway.cli), and what was not committed is
+        lost as in a power cut (``uncommitted`` tells how much). Returns True once closed.
+        """
         if self._closed:
-            return
+            return True
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
         if self._store is None or self._executor is None:
-            return
+            return True
+        gave_up = False
         try:
-            await self._commit()
-            if self._waiting_n:
-                logger.error("buffer: closing with %d readings that could not be committed (lost)",
-                             self._waiting_n)
-            await self._run(self._store.close)
+            async with asyncio.timeout(timeout):
+                await self._commit()
+                if self._waiting_n:
+                    logger.error("buffer: closing with %d readings that could not be committed (lost)",
+                                 self._waiting_n)
+                await self._run(self._store.close)
+        except TimeoutError:
+            gave_up = True
         finally:
-            self._executor.shutdown(wait=True)
+            # A thread stuck in a write cannot be joined, nor interrupted: leave it behind.
+            self._executor.shutdown(wait=not gave_up, cancel_futures=gave_up)
             self._store, self._executor = None, None
+        return not gave_up
+
+    @property
+    def uncommitted(self) -> tuple[int, int]:
+        """(readings put but not committed, acked rows not yet deleted): what a power cut now would
+        cost (the acked rows would be sent again)."""
+        return self._waiting_n + self._inflight_n, len(self._acks) + len(self._acks_inflight)
 
     def congested(self, *, publishing: bool = False) -> bool:
         """True while commits succeed but the pipeline is past its capacity: more than half the
@@ -234,7 +262,7 @@ class Buffer:
         """Counters from memory; cheap enough for every status report."""
         c = self._counts
         return BufferStats(self._state, self._reason, c.pending + self._waiting_n + self._inflight_n,
-                           c.evicted + self._dropped, c.bytes, self._recovered)
+                           c.evicted + self._dropped, c.bytes, self._recovered, c.quarantined)
 
     def next_seq(self, device: str) -> int:
         """The seq the next committed reading of ``device`` will get (seqs are given at commit).
@@ -299,13 +327,14 @@ class Buffer:
             self._waiting.clear()
             self._inflight_n, self._waiting_n = self._waiting_n, 0
             acks = self._acks_inflight = frozenset(self._acks)
-            self._acks = set()
+            self._acks, aside, self._aside = set(), self._aside, {}
             try:
-                done = await self._run(self._store.commit, batches, acks, dropped)
+                done = await self._run(self._store.commit, batches, acks, dropped, aside)
             except Exception as exc:  # disk full, I/O error, seq.json unwritable: keep all, retry
                 self._waiting.extendleft(reversed(batches))
                 self._waiting_n, self._inflight_n = self._waiting_n + self._inflight_n, 0
                 self._acks, self._acks_inflight = self._acks | acks, frozenset()
+                self._aside = aside | self._aside
                 self._shed()
                 self._set_state("degraded", f"commit failed: {exc}")
                 return

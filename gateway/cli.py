@@ -151,11 +151,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.secrets import warn_exposed_secrets
 
     warn_exposed_secrets(config)
+    daemon = Daemon(config)
     try:
-        return asyncio.run(Daemon(config).run())
+        status = asyncio.run(daemon.run())
     except AlreadyRunning as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    if daemon.stop_gave_up:  # the interpreter would join the buffer's stuck writer thread at exit: never
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 def cmd_check(args: argparse.Namespace) -> int:

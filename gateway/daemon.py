@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 RUNNING_MARKER = "running"  # present while a daemon runs; found at start = the last run did not end cleanly
 STOP_BUDGET = 8.0  # seconds the shutdown may take in all (systemd and the contract allow 10)
+GOODBYE_RESERVE = 3.0  # of it, seconds kept for the broker's goodbye and closing after the final flush
+EXIT_UNFLUSHED = 1  # the exit status of a stop that gave up on a stalled disk (what was lost is logged)
 RAN_WELL_AFTER = 30.0  # seconds up before a config counts as one that ran well (kept as last good)
 
 
@@ -50,6 +52,8 @@ class Daemon:
         self.data_dir = Path(config.gateway.data_dir)
         self.started_ts = int(time.time() * 1000)
         self.clean_start = True
+        # The stop gave up on a stalled disk: its writer thread is stuck, the process must not wait for it.
+        self.stop_gave_up = False
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
         max_bytes = int(config.buffer.max_mb * 1024 * 1024)
@@ -110,10 +114,11 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             for task in list(self._background):
                 task.cancel()
-            await self._shutdown(self._publisher_task or publisher_task)
-        return 0
+            self.stop_gave_up = not await self._shutdown(self._publisher_task or publisher_task)
+        return EXIT_UNFLUSHED if self.stop_gave_up else 0
 
-    async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
+    async def _shutdown(self, publisher_task: asyncio.Task[None]) -> bool:
+        """Stop in order within STOP_BUDGET; False if the disk did not take the last commit in time."""
         notify("STOPPING=1")
         await self.watchdog.stop()
         log.info("stopping: flushing the buffer and saying goodbye to the broker")
@@ -122,18 +127,30 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await self.scheduler.stop_all()
-        await self.buffer.flush()
+        flushed = True
+        try:  # a stalled SD card must not hold the stop past systemd's timeout
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic() - GOODBYE_RESERVE)):
+                await self.buffer.flush()
+        except TimeoutError:
+            flushed = False
         with contextlib.suppress(TimeoutError):
             await self.publisher.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
         publisher_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await publisher_task
         await self.control.close()
-        await self.buffer.close()
-        (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        unflushed = self.buffer.uncommitted
+        closed = await self.buffer.close(timeout=max(0.0, deadline - time.monotonic()) if flushed else 0.0)
+        if closed:
+            (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        else:  # the running marker stays: the next start reports clean_start: false
+            log.error("stopped without flushing: the buffer's disk did not finish its writes in %.1f s;"
+                      " %d readings not committed are lost (as in a power cut), %d acked batches will be"
+                      " sent again", time.monotonic() - deadline + STOP_BUDGET, *unflushed)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         log.info("stopped")
+        return closed
 
     def _prepare_data_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +311,7 @@ class Daemon:
                 "evicted": stats.evicted,
                 "bytes": stats.bytes,
                 "recovered_corrupt": stats.recovered_corrupt,
+                "quarantined": stats.quarantined,
             },
             "broker": {
                 "connected": self.publisher.connected,

@@ -21,13 +21,13 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import aiomqtt
 
 from gateway.clock import WallClock
-from gateway.encoding import encode_telemetry, messages_of
+from gateway.encoding import messages_of
 from gateway.model import StoredBatch
 from gateway.mqttlink import (
     GatewayClient,
@@ -40,6 +40,7 @@ from gateway.mqttlink import (
     login_refused,
     socket_options,
 )
+from gateway.payloads import Payloads
 from gateway.settings import MqttSection
 from gateway.timers import SharedTimeout
 from gateway.tls import tls_context
@@ -70,6 +71,8 @@ class BufferLike(Protocol):
     async def fetch(self, after_row: int, max_readings: int) -> list[StoredBatch]: ...
 
     def ack(self, rows: Iterable[int]) -> None: ...
+
+    def quarantine(self, rows: Mapping[int, str]) -> None: ...
 
 
 class Publisher:
@@ -111,7 +114,7 @@ class Publisher:
         self._good_since: float | None = None  # loop time the current session's status got a PUBACK
         self._reported_up = False  # what the log last said about the broker
         self._logged_reason: str | None = None  # the failure last logged (repeats are only counted)
-        self._oversize_logged: set[str] = set()  # devices whose poll was over batch.max_bytes
+        self.payloads = Payloads(mqtt, gateway_id, buffer)  # messages from batches: size, poison
 
     @property
     def connected(self) -> bool:
@@ -442,7 +445,7 @@ class _Session:
             keep = []
         loop = asyncio.get_running_loop()
         for group in groups:
-            for part, payload in self._payloads(device, group):
+            for part, payload in self.pub.payloads.of(device, group):
                 await self._pace(sum(len(b) for b in part))
                 # Take the window slot here, so the tasks start (and call paho) in creation order.
                 await self.window.acquire()
@@ -453,21 +456,6 @@ class _Session:
                     await asyncio.sleep(0)
                     self._yielded = loop.time()
         return keep
-
-    def _payloads(self, device: str, group: list[StoredBatch]) -> list[tuple[list[StoredBatch], bytes]]:
-        """``group`` encoded, halved by batches until each message fits ``batch.max_bytes``."""
-        m = self.pub.mqtt
-        payload = encode_telemetry(self.pub.gateway_id, device, group, m.encoding, compress=m.compress)
-        if len(payload) <= m.batch.max_bytes:
-            return [(group, payload)]
-        if len(group) == 1:  # one poll is never split: it goes alone, said once per device
-            if device not in self.pub._oversize_logged:
-                self.pub._oversize_logged.add(device)
-                log.warning("one poll of device %s encodes to %d bytes, over mqtt.batch.max_bytes (%d):"
-                            " sent as one message (logged once per device)", device, len(payload), m.batch.max_bytes)
-            return [(group, payload)]
-        half = len(group) // 2
-        return self._payloads(device, group[:half]) + self._payloads(device, group[half:])
 
     async def _pace(self, readings: int) -> None:
         """Keep to ``mqtt.max_rate`` readings per second (a token bucket of one second or one message)."""

@@ -28,7 +28,8 @@ def render(status: dict[str, Any]) -> str:
         + ("" if status.get("clean_start", True) else "  (last run did not stop cleanly)"),
         "broker   " + ("connected" if broker.get("connected") else f"NOT connected ({broker.get('last_error')})"),
         f"buffer   {buf.get('state')}  pending {buf.get('pending')} readings, {buf.get('bytes')} bytes, "
-        f"evicted {buf.get('evicted')}" + (f"  ({buf['reason']})" if buf.get("reason") else ""),
+        f"evicted {buf.get('evicted')}" + (f", quarantined {buf['quarantined']}" if buf.get("quarantined") else "")
+        + (f"  ({buf['reason']})" if buf.get("reason") else ""),
     ]
     clock = status.get("clock") or {}
     if clock and not clock.get("synced", True):

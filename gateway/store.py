@@ -8,15 +8,20 @@ in ``seq.json`` are raised first, so a seq never stands for two readings, even i
 On disk (``buffer.db``, WAL mode, synchronous=FULL)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)  -- format, pending, bytes, evicted, next_row,
-                                               -- and "seq:<device>": the device's next seq
+                                               -- quarantined, and "seq:<device>": the device's next seq
     pointset(id INTEGER PRIMARY KEY, device TEXT, names_units BLOB)   -- cbor [names, units]
     batch(row INTEGER PRIMARY KEY, ps INTEGER, seq0 INTEGER, n INTEGER, ts INTEGER,
           v BLOB, e BLOB, c BLOB)              -- cbor values; cbor errors or NULL; cbor
                                                -- [monotonic ms, boot id] if read before the clock synced
+    quarantine(row INTEGER PRIMARY KEY, device TEXT, seq0 INTEGER, n INTEGER, ts INTEGER,
+               names_units BLOB, v BLOB, e BLOB, c BLOB, reason TEXT)  -- set aside: not encodable
+                                               -- for the wire; self-contained, to be looked at
 
 A row is one batch; its device and point names live once in ``pointset``. A commit dirties few
 pages (the last batch page, and meta): what it writes to flash is mostly the payload. Row ids come
 from meta's next_row, so they keep growing when the table empties and ``after_row`` skips nothing.
+A batch the publisher cannot encode is moved to ``quarantine`` (its bytes still count against
+``max_bytes``, and the cap evicts set-aside rows before any reading still to be sent).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,14 +72,21 @@ CREATE TABLE IF NOT EXISTS pointset(
 CREATE TABLE IF NOT EXISTS batch(
     row INTEGER PRIMARY KEY, ps INTEGER NOT NULL, seq0 INTEGER NOT NULL,
     n INTEGER NOT NULL, ts INTEGER NOT NULL, v BLOB NOT NULL, e BLOB, c BLOB);
+CREATE TABLE IF NOT EXISTS quarantine(
+    row INTEGER PRIMARY KEY, device TEXT NOT NULL, seq0 INTEGER NOT NULL, n INTEGER NOT NULL,
+    ts INTEGER NOT NULL, names_units BLOB NOT NULL, v BLOB NOT NULL, e BLOB, c BLOB, reason TEXT NOT NULL);
 INSERT OR IGNORE INTO meta
-    VALUES ('format', 1), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1);
+    VALUES ('format', 1), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1), ('quarantined', 0);
 COMMIT;
 """
 _DELETE_ACKED = ("DELETE FROM batch WHERE row IN (SELECT value FROM json_each(?))"
                  " RETURNING n, length(v) + ifnull(length(e), 0)")
 _LIVE_BYTES = ("SELECT (page_count - freelist_count) * page_size"
                " FROM pragma_page_count, pragma_freelist_count, pragma_page_size")
+# Copies batch rows (a JSON object: row -> reason) with their device and point names into quarantine.
+_SET_ASIDE = ("INSERT INTO quarantine SELECT b.row, p.device, b.seq0, b.n, b.ts, p.names_units, b.v, b.e, b.c,"
+              " r.value FROM json_each(?) AS r JOIN batch AS b ON b.row = CAST(r.key AS INTEGER)"
+              " JOIN pointset AS p ON p.id = b.ps RETURNING n, length(v) + ifnull(length(e), 0)")
 _UPSERT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 T = TypeVar("T")
@@ -102,6 +114,7 @@ class _Counts:
     fs_headroom: int = 0  # bytes the database may still grow by on its filesystem
     stored: tuple[StoredBatch, ...] = ()  # the batches this commit stored, as fetch would return them
     evicted_upto: int = 0  # the highest row this commit evicted (0: none)
+    quarantined: int = 0  # readings set aside (not encodable for the wire) since the database was created
 
 
 class _Store:
@@ -116,6 +129,7 @@ class _Store:
         self.next_seq: dict[str, int] = {}
         self.marks: dict[str, int] = {}
         self.pending = self.bytes = self.evicted = self.commits = self.next_row = self.evicted_upto = 0
+        self.quarantined = 0
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() and (orphan := set_aside(self.path, "orphan")):
             logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
@@ -157,7 +171,7 @@ class _Store:
         if meta["format"] != FORMAT:
             raise RuntimeError(f"{self.path}: unknown buffer format {meta['format']}")
         self.pending, self.bytes, self.evicted = meta["pending"], meta["bytes"], meta["evicted"]
-        self.next_row = meta["next_row"]
+        self.next_row, self.quarantined = meta["next_row"], meta["quarantined"]
         self.next_seq = {key[4:]: seq for key, seq in meta.items() if key.startswith("seq:")}
         for ps_id, device, blob in conn.execute("SELECT id, device, names_units FROM pointset"):
             try:
@@ -192,16 +206,22 @@ class _Store:
         except sqlite3.Error as exc:  # the commit itself is safe; the next checkpoint retries
             logger.debug("buffer: checkpoint failed: %s", exc)
 
-    def commit(self, batches: Sequence[Batch], acks: Collection[int], dropped: int) -> _Counts:
-        """Store ``batches`` with their seqs, delete ``acks``, add ``dropped`` to evicted: one txn."""
+    def commit(self, batches: Sequence[Batch], acks: Collection[int], dropped: int,
+               aside: Mapping[int, str] | None = None) -> _Counts:
+        """Store ``batches`` with their seqs, delete ``acks``, add ``dropped`` to evicted, move the
+        rows of ``aside`` (row -> reason) to quarantine: one txn."""
         encoded, kept, next_seq, unencodable = self._encode(batches)
+        if aside:
+            acks = {*acks, *aside}
         self._reserve(next_seq)
         ps_ids = [self.ps_ids.get((dev, ps)) or self._add_pointset(dev, ps) for dev, ps, *_ in encoded]
         lost = dropped + sum(n for _, n, _ in unencodable)
         with self.conn:  # COMMIT, or ROLLBACK on any error (also when COMMIT itself fails)
             self.conn.execute("BEGIN IMMEDIATE")
-            pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost)
+            set_aside, aside_bytes = self._set_aside(aside) if aside else (0, 0)
+            pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost, aside_bytes)
         self.next_seq.update(next_seq)
+        self.quarantined += set_aside
         stored = tuple(StoredBatch(self.next_row + i, b.device, seq0, b.ts, b.points.names, b.points.units,
                                    b.values, b.errors, b.unsynced)
                        for i, (b, (_, _, seq0, *_)) in enumerate(zip(kept, encoded, strict=True)))
@@ -212,7 +232,7 @@ class _Store:
             self._checkpoint()
         return _Counts(self.pending, self.bytes, self.evicted, dict(self.next_seq), len(encoded),
                        evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom, stored,
-                       self.evicted_upto)
+                       self.evicted_upto, self.quarantined)
 
     def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], list[Batch], dict[str, int], list[Any]]:
         """Pack each batch and give it its seqs, in put order; set aside what CBOR cannot encode."""
@@ -244,15 +264,25 @@ class _Store:
             save_marks(self.marks_path, marks)
             self.marks = marks
 
+    def _set_aside(self, aside: Mapping[int, str]) -> tuple[int, int]:
+        """Copy the rows of ``aside`` into quarantine (the acks then delete them from batch);
+        return the readings and the payload bytes moved (they stay in the buffer's bytes)."""
+        moved = self.conn.execute(_SET_ASIDE, (json.dumps(aside),)).fetchall()
+        readings = sum(n for n, _ in moved)
+        if readings:
+            self.conn.execute(_UPSERT_META, ("quarantined", self.quarantined + readings))
+        return readings, sum(nbytes for _, nbytes in moved)
+
     def _write(self, encoded: list[_Row], ps_ids: list[int], acks: Collection[int],
-               next_seq: dict[str, int], lost: int) -> tuple[int, int, int]:
-        """The body of a commit transaction; returns the new pending, bytes and readings evicted."""
+               next_seq: dict[str, int], lost: int, aside_bytes: int = 0) -> tuple[int, int, int]:
+        """The body of a commit transaction; returns the new pending, bytes and readings evicted.
+        ``aside_bytes``: bytes of acked rows that stay stored (moved to quarantine)."""
         conn, stored = self.conn, self._live_bytes()
         conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(self.next_row + i, ps_id, *rest)
                           for i, (ps_id, (_, _, *rest)) in enumerate(zip(ps_ids, encoded, strict=True))])
         pending = self.pending + sum(r[3] for r in encoded)
-        size = self.bytes + sum(len(r[5]) + len(r[6] or b"") for r in encoded)
+        size = self.bytes + aside_bytes + sum(len(r[5]) + len(r[6] or b"") for r in encoded)
         if acks:  # one statement for all: the rows as a JSON array
             for n, nbytes in conn.execute(_DELETE_ACKED, (json.dumps(list(acks)),)).fetchall():
                 pending, size = pending - n, size - nbytes
@@ -292,17 +322,22 @@ class _Store:
             if over <= 0 and short <= 0:
                 break
             self.fs_limited = self.fs_limited or short > over
-            chunk = conn.execute("SELECT row, n, length(v) + ifnull(length(e), 0) FROM batch"
-                                 " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
+            for table in ("quarantine", "batch"):  # set-aside rows go first: they left the stream already
+                chunk = conn.execute(f"SELECT row, n, length(v) + ifnull(length(e), 0) FROM {table}"
+                                     " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
+                if chunk:
+                    break
             if not chunk:
                 break
             excess = max(over, short)  # a payload byte takes at least a byte of a page
+            counted = table == "batch"  # a set-aside row's readings were counted as quarantined
             for row, n, nbytes in chunk:
-                readings, freed, last, excess = readings + n, freed + nbytes, row, excess - nbytes
+                readings, freed, last, excess = readings + n * counted, freed + nbytes, row, excess - nbytes
                 if excess <= 0:
                     break
-            conn.execute("DELETE FROM batch WHERE row <= ?", (last,))
-            self.evicted_upto = last
+            conn.execute(f"DELETE FROM {table} WHERE row <= ?", (last,))
+            if counted:
+                self.evicted_upto = last
         return readings, freed
 
     def _live_bytes(self) -> int:

@@ -31,10 +31,11 @@ def base_config(data_dir: Path, port: int, *, encoding: str = "cbor", commit: st
     }
 
 
-def new_gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess]) -> GatewayProcess:
+def new_gateway(tmp_path: Path, config: dict[str, Any], gateways: list[GatewayProcess],
+                env: dict[str, str] | None = None) -> GatewayProcess:
     """A GatewayProcess (not started) for ``config``, written to tmp_path/gateway.yaml and added to
-    ``gateways`` (the fixture that kills whatever a test left running)."""
-    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]))
+    ``gateways`` (the fixture that kills whatever a test left running); ``env``: extra variables."""
+    gw = GatewayProcess(write_config(tmp_path / "gateway.yaml", config), Path(config["gateway"]["data_dir"]), env)
     gateways.append(gw)
     return gw
 
@@ -58,15 +59,16 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 class GatewayProcess:
     """`gateway run -c CONFIG` in the background, with its log in a file."""
 
-    def __init__(self, config_path: Path, data_dir: Path) -> None:
+    def __init__(self, config_path: Path, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
+        self.env = env or {}  # added to the child's environment (e.g. tests.support.plugins.plugin_env)
         self.data_dir = data_dir
         self.log_path = config_path.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> GatewayProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path)],
             stdout=log, stderr=log, env=env,

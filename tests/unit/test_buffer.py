@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
 from gateway import store as buffer_mod
@@ -254,6 +255,24 @@ async def test_cancelled_flush_still_completes_its_commit(make: Callable[..., An
     assert seqs(await drain(buf)) == upto(5)
 
 
+async def test_close_gives_up_on_a_stalled_disk_within_its_timeout(make: Callable[..., Any]) -> None:
+    buf = await make()
+    buf.put(batch())
+    await buf.flush()
+    (stored,) = await drain(buf)
+    buf.ack([stored.row])
+    gate = threading.Event()
+    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))  # the writer is stuck
+    buf.put(batch(base=1))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await buf.close(timeout=0.3) is False
+    assert loop.time() - started < 2.0
+    assert buf.uncommitted == (5, 1)  # the readings a power cut would cost, the acks not applied
+    gate.set()
+    await blocked
+
+
 async def test_restart_keeps_unacked_rows_and_continues_seq(make: Callable[..., Any], tmp_path: Path) -> None:
     buf = await make()
     for i in range(3):
@@ -444,6 +463,91 @@ async def test_unencodable_batch_is_dropped_and_counted(make: Callable[..., Any]
     assert seqs(await drain(buf)) == upto(10)
     assert buf.stats().evicted == 5 and buf.stats().state == "ok"
     assert sum("cannot be encoded" in r.message for r in caplog.records) == 1
+
+
+def qbatch(base: int) -> Batch:
+    """A batch of 5 ints that each pack to 3 bytes: every such batch takes the same room."""
+    return Batch("dev1", 1_700_000_000_000 + base, POINTS, [1000 + base * 10 + i for i in range(5)])
+
+
+def quarantine_rows(data_dir: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(data_dir / "buffer.db")
+    try:
+        return conn.execute("SELECT row, device, seq0, n, ts, names_units, v, reason FROM quarantine"
+                            " ORDER BY row").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_a_set_aside_batch_leaves_the_stream_and_stays_in_the_file(
+        make: Callable[..., Any], tmp_path: Path) -> None:
+    buf = await make()
+    for i in range(3):
+        buf.put(qbatch(i))
+    await buf.flush()
+    bytes_before = buf.stats().bytes
+    first, poison, last = await drain(buf)
+    buf.quarantine({poison.row: "TypeError: not for JSON"})
+    assert [b.row for b in await drain(buf)] == [first.row, last.row]  # at once, before a commit
+    await buf.flush()
+    st = buf.stats()
+    assert (st.pending, st.quarantined, st.evicted, st.bytes) == (10, 5, 0, bytes_before)
+    await buf.close()
+
+    (row,) = quarantine_rows(tmp_path)
+    assert row[:5] == (poison.row, "dev1", 6, 5, poison.ts) and row[7] == "TypeError: not for JSON"
+    assert cbor2.loads(row[5]) == [list(POINTS.names), list(POINTS.units)] and cbor2.loads(row[6]) == poison.values
+    again = await make()  # counted across a restart; the database no longer hands it out
+    assert again.stats().quarantined == 5 and again.stats().pending == 10
+    assert [b.seq0 for b in await drain(again)] == [1, 11]
+
+
+async def test_the_cap_evicts_set_aside_rows_before_any_reading_to_send(make: Callable[..., Any]) -> None:
+    probe = await make()
+    probe.put(qbatch(0))
+    await probe.flush()
+    one = probe.stats().bytes  # the payload bytes of one batch
+    (stored,) = await drain(probe)
+    probe.ack([stored.row])
+    await probe.close()
+
+    buf = await make(max_bytes=4 * one)
+    for i in range(1, 5):
+        buf.put(qbatch(i))
+    await buf.flush()
+    got = await drain(buf)
+    buf.quarantine({got[1].row: "poison"})
+    await buf.flush()
+    assert buf.stats().bytes == 4 * one and buf.stats().quarantined == 5
+    buf.put(qbatch(5))  # one batch over the cap: the set-aside row makes room, no reading is evicted
+    await buf.flush()
+    st = buf.stats()
+    assert (st.evicted, st.pending, st.bytes) == (0, 20, 4 * one)
+    assert [b.values[0] for b in await drain(buf)] == [1010, 1030, 1040, 1050]
+    buf.put(qbatch(6))  # nothing set aside left: now the oldest reading goes
+    await buf.flush()
+    assert buf.stats().evicted == 5 and [b.values[0] for b in await drain(buf)] == [1030, 1040, 1050, 1060]
+
+
+async def test_a_failed_commit_keeps_the_set_aside_for_the_retry(
+        make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    buf = await make()
+    buf.put(qbatch(1))
+    await buf.flush()
+    (stored,) = await drain(buf)
+
+    def io_error(*_: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_Store, "_write", io_error)
+        buf.quarantine({stored.row: "poison"})
+        await buf.flush()
+        assert buf.stats().state == "degraded" and buf.stats().quarantined == 0
+    await buf.flush()
+    assert buf.stats().state == "ok" and buf.stats().quarantined == 5 and buf.stats().pending == 0
+    await buf.close()
+    assert [r[0] for r in quarantine_rows(tmp_path)] == [stored.row]
 
 
 # -- disk errors ---------------------------------------------------------------------------------
