@@ -9,6 +9,10 @@ stands for two readings, even if the file is lost.
 What a commit stored is also kept in memory (``_fresh``) until acked: a publisher that keeps up is
 served from there without a query, and reads the database only to catch up on an older backlog.
 
+A database file found corrupt by a commit or a fetch is moved aside and a fresh one started at
+once, as at open: what waited for the commit and what ``_fresh`` holds is stored in the new file
+(the fresh batches with their rows and seqs); what only the old file held is lost.
+
 The SQLite side (schema, commits, eviction, recovery) is gateway.store.
 """
 
@@ -19,6 +23,7 @@ import contextlib
 import functools
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gateway.model import Batch, StoredBatch
-from gateway.store import FIRST_SEQ, FS_RESERVE, FS_SLACK, _Counts, _Store
+from gateway.store import FIRST_SEQ, FS_RESERVE, FS_SLACK, _Counts, _Store, is_corrupt
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,8 @@ class Buffer:
         self._aside: dict[int, str] = {}  # row -> why it cannot be sent; also in _acks (see quarantine)
         self._dropped = 0  # dropped while the disk stalled, not yet added to meta's evicted
         self._recovered = 0
+        self._corrupt: BaseException | None = None  # the file is corrupt: move it aside before using it
+        self._generation = 0  # files started in this run (a fetch that failed on an older one just retries)
         self._closed = self._dropping = self._evicting = False
         self._bad_devices: set[str] = set()  # devices whose unencodable batch was logged
         self._state: Literal["ok", "degraded"] = "ok"
@@ -135,7 +142,17 @@ class Buffer:
         if after_row >= self._fresh_from - 1:  # every un-acked row after it is in memory
             return self._handed(self._fetch_fresh(after_row, max_readings))
         skip = frozenset(self._acks | self._acks_inflight)
-        got = await self._run(_Store.fetch, self._store, after_row, max_readings, skip)
+        generation = self._generation
+        try:
+            got = await self._run(_Store.fetch, self._store, after_row, max_readings, skip)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            async with self._lock:  # not while a commit runs; and only if none recovered meanwhile
+                if self._generation == generation:
+                    self._corrupt = self._corrupt or exc
+                    await self._recover()
+            got = await self._run(_Store.fetch, self._store, after_row, max_readings, skip)
         if self._acks or self._acks_inflight:  # acked while the query ran
             got = [b for b in got if b.row not in self._acks and b.row not in self._acks_inflight]
         return self._handed(got)
@@ -329,7 +346,7 @@ class Buffer:
             acks = self._acks_inflight = frozenset(self._acks)
             self._acks, aside, self._aside = set(), self._aside, {}
             try:
-                done = await self._run(self._store.commit, batches, acks, dropped, aside)
+                done = await self._store_commit(batches, acks, dropped, aside)
             except Exception as exc:  # disk full, I/O error, seq.json unwritable: keep all, retry
                 self._waiting.extendleft(reversed(batches))
                 self._waiting_n, self._inflight_n = self._waiting_n + self._inflight_n, 0
@@ -339,6 +356,33 @@ class Buffer:
                 self._set_state("degraded", f"commit failed: {exc}")
                 return
             self._committed(done, dropped)
+
+    async def _store_commit(self, batches: list[Batch], acks: frozenset[int], dropped: int,
+                            aside: dict[int, str]) -> _Counts:
+        """One commit; a corrupt file is replaced by a fresh one first, and the commit made there."""
+        assert self._store is not None
+        if self._corrupt is None:
+            try:
+                return await self._run(self._store.commit, batches, acks, dropped, aside)
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self._corrupt = exc
+        await self._recover()
+        return await self._run(self._store.commit, batches, acks, dropped, aside)
+
+    async def _recover(self) -> None:
+        """Move the corrupt file aside and start a fresh one holding what ``_fresh`` holds (under
+        the lock). If no fresh file can be opened, raises: the next commit tries again."""
+        store = self._store
+        assert store is not None and self._corrupt is not None
+        await self._run(store.recover, list(self._fresh.values()), self._corrupt)
+        self._corrupt = None
+        self._generation += 1
+        self._recovered += 1
+        self._counts = _Counts(store.pending, store.bytes, store.evicted, dict(store.next_seq))
+        if self.on_state_change is not None:  # recovered_corrupt changed: republish the status
+            self.on_state_change()
 
     def _committed(self, done: _Counts, dropped: int) -> None:
         self._counts, self._dropped = done, self._dropped - dropped

@@ -1,14 +1,16 @@
-"""Files beside the buffer database: the per-device seq high-water marks, setting a bad database
-file aside, and the room the filesystem leaves it.
+"""Files beside the buffer database: the per-device seq high-water marks, the witness of the last
+commit, setting a bad database file aside, and the room the filesystem leaves it.
 
-The buffer database can be lost (deleted, or moved aside because it is corrupt); these marks
-cannot, so a seq once committed is never handed to another reading. The file is replaced
-atomically (write a temp file, fsync, rename, fsync the directory) and only when a device
-crosses its mark, which the buffer raises in blocks so the file is rarely written.
+The buffer database can be lost (deleted, moved aside because it is corrupt, restored from an older
+copy, or cut back to an older state by a lost WAL); these marks cannot, so a seq once committed is
+never handed to another reading. The file is replaced atomically (write a temp file, fsync, rename,
+fsync the directory) and only when a device crosses its mark, which the buffer raises in blocks so
+the file is rarely written; a clean close trims it back to what was committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 _DB_SUFFIXES = ("", "-wal", "-shm")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_WITNESS_LEN = 96  # fixed: every write replaces the whole content in place
 
 
 def load_marks(path: Path) -> dict[str, int] | None:
@@ -89,3 +93,57 @@ def fs_allowance(db: Path, reserve: int) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize + on_disk + wal_size - reserve
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), or None where it cannot be read."""
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class Witness:
+    """The row count the last commit of this boot reached, in a small file written without fsync.
+
+    A write survives a crash of the process (the kernel holds it) but not always a power cut, so
+    the file is believed only within the boot that wrote it: a database that reaches it then lost
+    no commit, and seqs continue from the database instead of above the reserved marks (no gap).
+    A write that fails removes the file: a stale witness would vouch for a database that lost commits.
+    """
+
+    def __init__(self, path: Path, boot: str | None) -> None:
+        self.path, self.boot = path, boot
+        self._fd: int | None = None
+
+    def reached(self, db_id: int) -> int | None:
+        """The next_row written for database ``db_id`` in this boot, or None (no such witness)."""
+        try:
+            boot, ident, next_row = self.path.read_text(encoding="ascii").split()
+            if self.boot is not None and boot == self.boot and int(ident) == db_id:
+                return int(next_row)
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+        return None
+
+    def write(self, db_id: int, next_row: int) -> None:
+        """Record that database ``db_id`` committed every row below ``next_row``."""
+        if self.boot is None:
+            return
+        line = f"{self.boot} {db_id} {next_row}".ljust(_WITNESS_LEN - 1) + "\n"
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.pwrite(self._fd, line.encode("ascii"), 0)
+        except OSError as exc:
+            logger.warning("seq witness %s cannot be written (%s); removed (the next start after a"
+                           " crash continues seq above the marks)", self.path, exc)
+            self.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None

@@ -7,7 +7,7 @@ in ``seq.json`` are raised first, so a seq never stands for two readings, even i
 
 On disk (``buffer.db``, WAL mode, synchronous=FULL)::
 
-    meta(key TEXT PRIMARY KEY, value INTEGER)  -- format, pending, bytes, evicted, next_row,
+    meta(key TEXT PRIMARY KEY, value INTEGER)  -- format, id, pending, bytes, evicted, next_row,
                                                -- quarantined, and "seq:<device>": the device's next seq
     pointset(id INTEGER PRIMARY KEY, device TEXT, names_units BLOB)   -- cbor [names, units]
     batch(row INTEGER PRIMARY KEY, ps INTEGER, seq0 INTEGER, n INTEGER, ts INTEGER,
@@ -22,14 +22,24 @@ pages (the last batch page, and meta): what it writes to flash is mostly the pay
 from meta's next_row, so they keep growing when the table empties and ``after_row`` skips nothing.
 A batch the publisher cannot encode is moved to ``quarantine`` (its bytes still count against
 ``max_bytes``, and the cap evicts set-aside rows before any reading still to be sent).
+Point sets no stored row uses are pruned every PRUNE_EVERY commits (stored rows are counted per
+point set in memory as they come and go; one not used since the last pass is kept no longer).
+
+Seqs resume above both the database and ``seq.json``: the database may have gone back in time (an
+older copy put back, a lost WAL) while the marks, reserved and fsynced before use, cannot have. After
+a crash of the process alone the witness (gateway.seqfile.Witness) shows that the database lost
+nothing, and a clean close trims the marks to what was committed: then seq continues without a gap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import secrets
 import sqlite3
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +48,18 @@ from typing import Any, TypeVar
 import cbor2
 
 from gateway.model import Batch, PointSet, StoredBatch
-from gateway.seqfile import fs_allowance, load_marks, save_marks, set_aside
+from gateway.seqfile import Witness, boot_id, fs_allowance, load_marks, save_marks, set_aside
 
 logger = logging.getLogger("gateway.buffer")  # one log name for the buffer and its store
 
 DB_NAME = "buffer.db"
 MARKS_NAME = "seq.json"
+WITNESS_NAME = "seq.witness"
 FORMAT = 1
 FIRST_SEQ = 1  # a device's first reading; next_seq - 1 is then "the last seq committed" (0: none)
 SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 CHECKPOINT_EVERY = 60  # commits between wal_checkpoint(TRUNCATE)
+PRUNE_EVERY = 60  # commits between passes that delete the point sets no stored row uses
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 EVICT_CHUNK = 256
 # Small pages: a commit rewrites every page it touches (the last data page, meta, page 1, the
@@ -61,8 +73,10 @@ CACHE_KIB = 256
 # for the WAL (about JOURNAL_SIZE_LIMIT at most) and a catch-up commit, so acks can always be deleted.
 FS_RESERVE = 2 * JOURNAL_SIZE_LIMIT
 FS_SLACK = 1 << 20  # an eviction episode lasts until the database has this much room again
-# SQLite primary result codes that mean "this file cannot be used": IOERR, CORRUPT, NOTADB.
+# SQLite primary result codes that mean "this file cannot be used": IOERR, CORRUPT, NOTADB. At run
+# time only the last two: an I/O error there is the disk's (degraded, retried), not the file's.
 _UNUSABLE_CODES = frozenset({10, 11, 26})
+_CORRUPT_CODES = frozenset({11, 26})
 
 _SCHEMA = """
 BEGIN;
@@ -80,7 +94,7 @@ INSERT OR IGNORE INTO meta
 COMMIT;
 """
 _DELETE_ACKED = ("DELETE FROM batch WHERE row IN (SELECT value FROM json_each(?))"
-                 " RETURNING n, length(v) + ifnull(length(e), 0)")
+                 " RETURNING n, length(v) + ifnull(length(e), 0), ps")
 _LIVE_BYTES = ("SELECT (page_count - freelist_count) * page_size"
                " FROM pragma_page_count, pragma_freelist_count, pragma_page_size")
 # Copies batch rows (a JSON object: row -> reason) with their device and point names into quarantine.
@@ -96,7 +110,16 @@ _dumps = functools.partial(cbor2.dumps, canonical=True)  # canonical: shortest e
 
 
 class _CorruptError(sqlite3.DatabaseError):
-    """The database opened but failed its integrity check."""
+    """The database opened but failed its integrity check, or holds a row that cannot be read."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True if ``exc`` says the database file is corrupt (not that the disk failed)."""
+    if isinstance(exc, _CorruptError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("Could not decode to UTF-8"):
+        return True  # raised by Python's sqlite3 for a TEXT value where only numbers and BLOBs were written
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT_CODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +149,16 @@ class _Store:
         self.fs_reserve, self.fs_limited, self.fs_headroom, self.fs_floor = fs_reserve, False, 0, 0
         self.ps_ids: dict[tuple[str, PointSet], int] = {}
         self.ps_info: dict[int, tuple[str, PointSet]] = {}
+        self.ps_rows: Counter[int] = Counter()  # stored rows per point set
+        self.ps_last: dict[int, int] = {}  # the last row that used each point set
         self.next_seq: dict[str, int] = {}
         self.marks: dict[str, int] = {}
         self.pending = self.bytes = self.evicted = self.commits = self.next_row = self.evicted_upto = 0
-        self.quarantined = 0
+        self.quarantined = self.db_id = self.prune_mark = 0
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() and (orphan := set_aside(self.path, "orphan")):
             logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
+        self.witness = Witness(data_dir / WITNESS_NAME, boot_id())
         self.recovered = False
         try:
             self.conn = self._connect()
@@ -140,12 +166,17 @@ class _Store:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if not isinstance(exc, _CorruptError) and code not in _UNUSABLE_CODES:
                 raise
-            aside = set_aside(self.path, "corrupt")
-            logger.error("buffer database %s is unusable (%s): moved aside to %s; started a fresh one,"
-                         " its unsent readings are not forwarded", self.path, exc, aside)
-            self.recovered = True
-            self.conn = self._connect()
-        self._reconcile_marks()
+            self._start_fresh(exc)
+        reached = self.witness.reached(self.db_id)
+        self._reconcile_marks(complete=reached is not None and self.next_row >= reached)
+
+    def _start_fresh(self, exc: BaseException, kept: str = "") -> None:
+        """Move the unusable file aside (loudly) and open a fresh one in its place."""
+        aside = set_aside(self.path, "corrupt")
+        logger.error("buffer database %s is unusable (%s): moved aside to %s; started a fresh one,"
+                     " %sits unsent readings are not forwarded", self.path, exc, aside, kept)
+        self.recovered = True
+        self.conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)  # autocommit: we BEGIN/COMMIT
@@ -157,7 +188,7 @@ class _Store:
         return conn
 
     def _load(self, conn: sqlite3.Connection) -> None:
-        self.ps_ids, self.ps_info = {}, {}  # forget what a bad file held
+        self.ps_ids, self.ps_info, self.ps_rows, self.ps_last = {}, {}, Counter(), {}  # forget a bad file
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new database
         if (mode := conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL mode (got {mode!r})")
@@ -167,11 +198,13 @@ class _Store:
         if (problems := [r[0] for r in conn.execute("PRAGMA quick_check(3)")]) != ["ok"]:
             raise _CorruptError("; ".join(problems))
         conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (secrets.randbits(62),))  # this file's
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         if meta["format"] != FORMAT:
             raise RuntimeError(f"{self.path}: unknown buffer format {meta['format']}")
         self.pending, self.bytes, self.evicted = meta["pending"], meta["bytes"], meta["evicted"]
-        self.next_row, self.quarantined = meta["next_row"], meta["quarantined"]
+        self.next_row, self.quarantined, self.db_id = meta["next_row"], meta["quarantined"], meta["id"]
+        self.prune_mark = self.next_row  # a point set unused from here on goes at the next prune pass
         self.next_seq = {key[4:]: seq for key, seq in meta.items() if key.startswith("seq:")}
         for ps_id, device, blob in conn.execute("SELECT id, device, names_units FROM pointset"):
             try:
@@ -179,26 +212,55 @@ class _Store:
             except (cbor2.CBORError, ValueError, TypeError) as exc:
                 raise _CorruptError(f"point set {ps_id} unreadable: {exc}") from exc
             self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
+        for ps_id, rows, last in conn.execute("SELECT ps, count(*), max(row) FROM batch GROUP BY ps"):
+            if ps_id not in self.ps_info:
+                raise _CorruptError(f"rows of an unknown point set {ps_id}")
+            self.ps_rows[ps_id], self.ps_last[ps_id] = rows, last
 
-    def _reconcile_marks(self) -> None:
-        """Continue seqs above the marks for devices the database does not know; rebuild marks."""
-        marks = load_marks(self.marks_path)
-        lost = {dev: seq for dev, seq in (marks or {}).items() if dev not in self.next_seq}
-        if lost:
+    def _reconcile_marks(self, *, complete: bool) -> None:
+        """Continue each device's seq above the highest of the database and the marks; rebuild marks.
+
+        The marks are reserved and fsynced before a commit uses them, so they cover everything ever
+        published, also when the database went back in time. Where the database is ``complete``
+        (the witness shows it lost no commit) only the devices it does not know take the marks.
+        """
+        loaded = load_marks(self.marks_path)
+        marks = loaded or {}
+        ahead = {dev: seq for dev, seq in marks.items()
+                 if seq > self.next_seq.get(dev, 0) and not (complete and dev in self.next_seq)}
+        if ahead:
             with self.conn:  # autocommit mode: the context manager does BEGIN ... COMMIT
                 self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany(_UPSERT_META, [(f"seq:{dev}", seq) for dev, seq in lost.items()])
-            self.next_seq.update(lost)
-            logger.warning("buffer: %d devices missing from the database; their seq continues from"
-                           " the high-water marks in %s", len(lost), self.marks_path)
-        self.marks = (marks or {}) | {d: max(s, (marks or {}).get(d, 0)) for d, s in self.next_seq.items()}
-        if marks != self.marks:
+                self.conn.executemany(_UPSERT_META, [(f"seq:{dev}", seq) for dev, seq in ahead.items()])
+            self.next_seq.update(ahead)
+            logger.warning("buffer: the database %s is behind the seq marks in %s for %d devices (a power cut,"
+                           " a copy put back or lost writes); their seq continues above the marks",
+                           self.path, self.marks_path, len(ahead))
+        self.marks = marks | {d: max(s, marks.get(d, 0)) for d, s in self.next_seq.items()}
+        if loaded is None or marks != self.marks:
             save_marks(self.marks_path, self.marks)
 
     def close(self) -> None:
-        """Checkpoint the WAL into the database file and close the connection."""
+        """Checkpoint the WAL into the database file, trim the marks to it and close the connection."""
         self._checkpoint()
+        self._trim_marks()
+        self.witness.close()
         self.conn.close()
+
+    def _trim_marks(self) -> None:
+        """Lower the marks to the seqs committed, so the next start continues without a gap.
+
+        Only after the last commit: every seq committed (and so every one published) is below
+        ``next_seq``, durable in the database, so a trimmed mark still covers it.
+        """
+        trimmed = {dev: self.next_seq.get(dev, mark) for dev, mark in self.marks.items()}
+        if trimmed != self.marks:
+            try:
+                save_marks(self.marks_path, trimmed)
+            except OSError as exc:  # the higher marks stay: safe, only a gap at the next start
+                logger.warning("buffer: seq marks %s not trimmed: %s", self.marks_path, exc)
+                return
+            self.marks = trimmed
 
     def _checkpoint(self) -> None:
         try:
@@ -216,10 +278,18 @@ class _Store:
         self._reserve(next_seq)
         ps_ids = [self.ps_ids.get((dev, ps)) or self._add_pointset(dev, ps) for dev, ps, *_ in encoded]
         lost = dropped + sum(n for _, n, _ in unencodable)
+        released: list[int] = []  # the point sets of the rows this commit deletes
+        prune = self._unused_pointsets(ps_ids) if (self.commits + 1) % PRUNE_EVERY == 0 else []
         with self.conn:  # COMMIT, or ROLLBACK on any error (also when COMMIT itself fails)
             self.conn.execute("BEGIN IMMEDIATE")
             set_aside, aside_bytes = self._set_aside(aside) if aside else (0, 0)
-            pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost, aside_bytes)
+            pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost, released, aside_bytes)
+            if prune:
+                self.conn.execute("DELETE FROM pointset WHERE id IN (SELECT value FROM json_each(?))",
+                                  (json.dumps(prune),))
+        self._count_pointsets(ps_ids, released, prune)
+        if encoded:  # before the publisher can see these rows: a crash now keeps their seqs
+            self.witness.write(self.db_id, self.next_row + len(encoded))
         self.next_seq.update(next_seq)
         self.quarantined += set_aside
         stored = tuple(StoredBatch(self.next_row + i, b.device, seq0, b.ts, b.points.names, b.points.units,
@@ -274,9 +344,11 @@ class _Store:
         return readings, sum(nbytes for _, nbytes in moved)
 
     def _write(self, encoded: list[_Row], ps_ids: list[int], acks: Collection[int],
-               next_seq: dict[str, int], lost: int, aside_bytes: int = 0) -> tuple[int, int, int]:
-        """The body of a commit transaction; returns the new pending, bytes and readings evicted.
-        ``aside_bytes``: bytes of acked rows that stay stored (moved to quarantine)."""
+               next_seq: dict[str, int], lost: int, released: list[int],
+               aside_bytes: int = 0) -> tuple[int, int, int]:
+        """The body of a commit transaction; returns the new pending, bytes and readings evicted, and
+        adds the point set of each row it deletes to ``released``. ``aside_bytes``: bytes of acked
+        rows that stay stored (moved to quarantine)."""
         conn, stored = self.conn, self._live_bytes()
         conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(self.next_row + i, ps_id, *rest)
@@ -284,9 +356,10 @@ class _Store:
         pending = self.pending + sum(r[3] for r in encoded)
         size = self.bytes + aside_bytes + sum(len(r[5]) + len(r[6] or b"") for r in encoded)
         if acks:  # one statement for all: the rows as a JSON array
-            for n, nbytes in conn.execute(_DELETE_ACKED, (json.dumps(list(acks)),)).fetchall():
+            for n, nbytes, ps_id in conn.execute(_DELETE_ACKED, (json.dumps(list(acks)),)).fetchall():
                 pending, size = pending - n, size - nbytes
-        evicted_n, evicted_b = self._evict(size, stored)
+                released.append(ps_id)
+        evicted_n, evicted_b = self._evict(size, stored, released)
         pending, size = pending - evicted_n, size - evicted_b
         conn.executemany(_UPSERT_META, [
             ("pending", pending), ("bytes", size), ("evicted", self.evicted + lost + evicted_n),
@@ -299,9 +372,33 @@ class _Store:
         ps_id = self.conn.execute("INSERT INTO pointset(device, names_units) VALUES (?, ?)",
                                   (device, blob)).lastrowid or 0
         self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
+        self.ps_last[ps_id] = self.next_row  # new: kept at least until the prune pass after next
         return ps_id
 
-    def _evict(self, size: int, stored: int) -> tuple[int, int]:
+    def _unused_pointsets(self, using: list[int]) -> list[int]:
+        """Point sets no stored row uses and no commit used since the last prune pass (so a device's
+        current ones stay): a pass every PRUNE_EVERY commits, its cost the number of point sets."""
+        keep = set(using)
+        return [ps_id for ps_id in self.ps_info
+                if self.ps_rows[ps_id] == 0 and self.ps_last.get(ps_id, 0) < self.prune_mark
+                and ps_id not in keep]
+
+    def _count_pointsets(self, stored: list[int], released: list[int], pruned: list[int]) -> None:
+        """After a commit: count the rows it stored and deleted per point set; forget the pruned."""
+        for i, ps_id in enumerate(stored):
+            self.ps_rows[ps_id] += 1
+            self.ps_last[ps_id] = self.next_row + i
+        self.ps_rows.subtract(released)
+        for ps_id in pruned:
+            device, points = self.ps_info.pop(ps_id)
+            if self.ps_ids.get((device, points)) == ps_id:
+                del self.ps_ids[(device, points)]
+            self.ps_rows.pop(ps_id, None)
+            self.ps_last.pop(ps_id, None)
+        if (self.commits + 1) % PRUNE_EVERY == 0:  # a pass: next time, what went unused since
+            self.prune_mark = self.next_row
+
+    def _evict(self, size: int, stored: int, released: list[int]) -> tuple[int, int]:
         """Delete the oldest rows until the payload fits in max_bytes and the live pages in what the
         filesystem can give, or in ``stored`` (live bytes before the commit) if that is more; return
         readings, bytes. Evicted pages stay in the file for later commits: a filesystem filled by
@@ -322,8 +419,9 @@ class _Store:
             if over <= 0 and short <= 0:
                 break
             self.fs_limited = self.fs_limited or short > over
-            for table in ("quarantine", "batch"):  # set-aside rows go first: they left the stream already
-                chunk = conn.execute(f"SELECT row, n, length(v) + ifnull(length(e), 0) FROM {table}"
+            # Set-aside rows go first: they left the stream already.
+            for table, ps in (("quarantine", "NULL"), ("batch", "ps")):
+                chunk = conn.execute(f"SELECT row, n, length(v) + ifnull(length(e), 0), {ps} FROM {table}"
                                      " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
                 if chunk:
                     break
@@ -331,8 +429,10 @@ class _Store:
                 break
             excess = max(over, short)  # a payload byte takes at least a byte of a page
             counted = table == "batch"  # a set-aside row's readings were counted as quarantined
-            for row, n, nbytes in chunk:
+            for row, n, nbytes, ps_id in chunk:
                 readings, freed, last, excess = readings + n * counted, freed + nbytes, row, excess - nbytes
+                if counted:  # a quarantined row keeps its own names: it holds no point set
+                    released.append(ps_id)
                 if excess <= 0:
                     break
             conn.execute(f"DELETE FROM {table} WHERE row <= ?", (last,))
@@ -363,6 +463,39 @@ class _Store:
                 total += n
                 if total >= max_readings:
                     break
+        except (KeyError, cbor2.CBORError, ValueError, TypeError) as exc:  # not what was written
+            raise _CorruptError(f"a stored row cannot be read: {exc!r}") from exc
         finally:
             cur.close()
         return out
+
+    def recover(self, keep: Sequence[StoredBatch], exc: BaseException) -> None:
+        """The file turned out corrupt while running: move it aside and start a fresh one, as at open
+        (seqs continue above the marks). Row ids go on from where they were (the publisher's cursor
+        and acks stay valid) and so does the evicted count; ``keep`` (committed batches not acked
+        yet that the buffer still holds in memory) is stored again as it was, same rows and seqs."""
+        next_row, evicted = self.next_row, self.evicted
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        # Raises if no fresh file can be opened: the buffer tries again at its next commit.
+        self._start_fresh(exc, f"{sum(len(b) for b in keep)} readings held in memory go on; the rest of ")
+        self._reconcile_marks(complete=False)
+        rows: list[tuple[Any, ...]] = []
+        for b in keep:
+            points = PointSet(b.names, b.units)
+            ps_id = self.ps_ids.get((b.device, points)) or self._add_pointset(b.device, points)
+            v, e = _dumps(b.values), None if b.errors is None else _dumps(b.errors)
+            rows.append((b.row, ps_id, b.seq0, len(b), b.ts, v, e,
+                         None if b.unsynced is None else _dumps(list(b.unsynced))))
+        pending, size = sum(r[3] for r in rows), sum(len(r[5]) + len(r[6] or b"") for r in rows)
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(_UPSERT_META, [("pending", pending), ("bytes", size), ("evicted", evicted),
+                                                 ("next_row", max(next_row, self.next_row))])
+        for row in rows:
+            self.ps_rows[row[1]] += 1
+            self.ps_last[row[1]] = row[0]
+        self.pending, self.bytes, self.evicted = pending, size, evicted
+        self.next_row = self.prune_mark = max(next_row, self.next_row)
+        self.witness.write(self.db_id, self.next_row)

@@ -285,6 +285,86 @@ def _first_seq_after(sub: Subscriber, published: int) -> int:
     return min(seq for _, seq in readings_by_key(msgs) if seq > published)
 
 
+def _read_since(sub: Subscriber, since_ms: int, at_least: int, timeout: float = 30) -> dict[tuple[str, int], Any]:
+    """Every reading received, by (device, seq), once ``at_least`` of them were read at or after ``since_ms``."""
+    msgs = sub.wait_for(lambda ms: sum(c[0]["ts"] >= since_ms for c in readings_by_key(ms).values()) >= at_least,
+                        timeout=timeout)
+    by_key = readings_by_key(msgs)
+    for key, copies in by_key.items():  # a number never stands for two readings
+        assert all(c == copies[0] for c in copies), f"{key} was published for different readings: {copies}"
+    return by_key
+
+
+def test_buffer_file_put_back_in_time_never_gives_a_published_seq_again(
+    tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], gateways: list[GatewayProcess],
+) -> None:
+    """As a user would: stop cleanly, copy buffer.db aside, run a few seconds more (published), kill -9,
+    put the old copy back without its -wal/-shm, start again: every reading read after the restart
+    has a seq above every one published before; no number stands for two readings."""
+    data = tmp_path / "data"
+    config = base_config(data, mosquitto.port)
+    config["devices"] = [sim_device("dev-a", "10ms", tmp_path / "never")]
+    sub = subscribe("city/gw-test/+/telemetry")
+    gw = new_gateway(tmp_path, config, gateways).start()
+    _read_since(sub, 0, 300)
+    assert gw.terminate() == 0
+    old = (data / "buffer.db").read_bytes()
+    second = int(time.time() * 1000)
+    gw.start()
+    _read_since(sub, second, 600)  # a few seconds of readings published by the second run
+    gw.kill()
+    (data / "buffer.db").write_bytes(old)
+    for suffix in ("-wal", "-shm"):
+        (data / f"buffer.db{suffix}").unlink(missing_ok=True)
+    third = int(time.time() * 1000)
+    gw.start()
+    by_key = _read_since(sub, third, 300)
+    published = max(seq for (_, seq), copies in by_key.items() if copies[0]["ts"] < third)
+    assert min(seq for (_, seq), copies in by_key.items() if copies[0]["ts"] >= third) > published
+    lines = [line for line in gw.log().splitlines() if "behind the seq marks" in line]
+    assert len(lines) == 1 and "for 1 devices" in lines[0], lines
+    assert gw.status()["buffer"]["state"] == "ok"
+    assert gw.terminate() == 0
+
+
+def test_corruption_found_while_running_starts_a_fresh_file_without_a_restart(
+    tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], gateways: list[GatewayProcess],
+) -> None:
+    """A backlog from before a restart is in the database file alone; the file is damaged under the
+    running gateway, and the publisher's read of the backlog finds it: one loud line, the file moved
+    aside, polling and publishing go on in a fresh file with seqs above all before, state ok."""
+    data = tmp_path / "data"
+    config = base_config(data, mosquitto.port)
+    config["devices"] = [sim_device("dev-a", "10ms", tmp_path / "never", points=200)]
+    sub = subscribe("city/gw-test/+/telemetry")
+    gw = new_gateway(tmp_path, config, gateways).start()
+    _read_since(sub, 0, 300)
+    mosquitto.stop()
+    db = data / "buffer.db"
+    gw.wait_status(lambda s: s["buffer"]["bytes"] > MiB, timeout=60)  # 4 times SQLite's page cache
+    assert gw.terminate() == 0
+    gw.start()  # the backlog is read from the file, not from memory
+    committed = gw.status()["devices"]["dev-a"]["seq"]
+    with db.open("r+b") as f:  # garbage over the second quarter of the backlog's pages
+        size = db.stat().st_size
+        f.seek(size // 4)
+        f.write(random.Random(3).randbytes(size // 4))
+    mosquitto.start()
+    status = gw.wait_status(lambda s: s["buffer"]["recovered_corrupt"] == 1, timeout=30)
+    restarted = int(time.time() * 1000)
+    by_key = _read_since(sub, restarted, 300)
+    assert min(seq for (_, seq), copies in by_key.items() if copies[0]["ts"] >= restarted) > committed
+    status = gw.wait_status(lambda s: s["buffer"]["state"] == "ok" and s["devices"]["dev-a"]["state"] == "ok")
+    assert status["buffer"]["recovered_corrupt"] == 1, status["buffer"]
+    aside = [p.name for p in data.iterdir() if p.name.startswith("buffer.db.corrupt-")]
+    assert aside and all(re.fullmatch(r"buffer\.db\.corrupt-\d{8}T\d{6}Z(-wal|-shm)?", n) for n in aside), aside
+    lines = [line for line in gw.log().splitlines() if "is unusable" in line]
+    assert len(lines) == 1 and "moved aside to" in lines[0], lines
+    assert gw.proc is not None and gw.proc.poll() is None
+    assert gw.terminate() == 0
+    assert _integrity(db) == ["ok"]
+
+
 # -- power cuts ------------------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import random
+import re
 import shutil
 import sqlite3
 import sys
@@ -20,7 +22,7 @@ import pytest
 from gateway import store as buffer_mod
 from gateway.buffer import Buffer
 from gateway.model import Batch, PointSet, StoredBatch
-from gateway.store import SEQ_RESERVE, _Store
+from gateway.store import PRUNE_EVERY, SEQ_RESERVE, _Store
 
 POINTS = PointSet(("temp", "hum", "ok", "label", "raw"), ("degC", "%", None, None, None))
 NEVER = 3600.0  # commit interval for tests that commit by flush() only
@@ -340,10 +342,12 @@ async def test_deleted_database_continues_seq_above_committed(
     await buf.close()
     (tmp_path / "buffer.db").unlink()
     buf2 = await make()
-    assert buf2.next_seq("dev1") == 6 + SEQ_RESERVE  # a gap, never a reused number
+    assert buf2.next_seq("dev1") == 6  # the clean close trimmed the marks to what it committed
+    buf2.put(batch())
+    await buf2.flush()
     await buf2.close()
     buf3 = await make()  # the fresh database now remembers it
-    assert buf3.next_seq("dev1") == 6 + SEQ_RESERVE
+    assert buf3.next_seq("dev1") == 11
 
 
 async def test_deleted_database_with_stale_wal_after_power_cut(
@@ -400,6 +404,77 @@ async def test_missing_marks_file_is_rebuilt_from_the_database(
     assert json.loads((tmp_path / "seq.json").read_text())["next_seq"] == {"dev1": 6}
 
 
+async def _flushed(buf: Buffer, batches: int) -> None:
+    for i in range(batches):
+        buf.put(batch(base=i))
+        await buf.flush()
+
+
+async def test_database_put_back_in_time_never_gives_a_seq_again(
+        make: Callable[..., Any], tmp_path: Path, caplog: Any) -> None:
+    """A clean stop, a copy of buffer.db, a run that commits more, a crash, the old copy put back
+    (without -wal/-shm): the seqs of the lost run are never given to other readings."""
+    buf = await make(tmp_path / "a")
+    await _flushed(buf, 1)  # seq 1..5
+    await buf.close()
+    old = (tmp_path / "a" / "buffer.db").read_bytes()
+    buf2 = await make(tmp_path / "a")
+    await _flushed(buf2, 3)  # seq 6..20, published (the marks were raised to 11 + SEQ_RESERVE first)
+    crashed = snapshot(tmp_path / "a", tmp_path / "crashed")
+    (crashed / "buffer.db").write_bytes(old)
+    for suffix in ("-wal", "-shm"):
+        (crashed / f"buffer.db{suffix}").unlink()
+    caplog.set_level(logging.WARNING, logger="gateway.buffer")
+    after = await make(crashed)
+    assert after.next_seq("dev1") == 11 + SEQ_RESERVE
+    assert len([r for r in caplog.records if "behind the seq marks" in r.message]) == 1
+    after.put(batch(base=9))
+    await after.flush()
+    assert seqs(await drain(after)) == [*upto(5), *range(11 + SEQ_RESERVE, 16 + SEQ_RESERVE)]
+
+
+async def test_database_put_back_after_a_clean_stop_continues_without_a_gap(
+        make: Callable[..., Any], tmp_path: Path) -> None:
+    buf = await make()
+    await _flushed(buf, 1)
+    await buf.close()
+    old = (tmp_path / "buffer.db").read_bytes()
+    buf2 = await make()
+    await _flushed(buf2, 3)
+    await buf2.close()  # trims the marks to 21: exactly what was committed
+    (tmp_path / "buffer.db").write_bytes(old)
+    after = await make()
+    assert after.next_seq("dev1") == 21
+
+
+async def test_lost_wal_never_gives_a_seq_again(make: Callable[..., Any], tmp_path: Path) -> None:
+    """The -wal of a running buffer is lost (deleted, or not written back before a power cut): the
+    database goes back to its last checkpoint, which knows the device at an older seq."""
+    buf = await make(tmp_path / "a")
+    await _flushed(buf, 1)
+    await buf.close()  # checkpointed: the database file says dev1 is at 6
+    buf2 = await make(tmp_path / "a")
+    await _flushed(buf2, 3)  # 6..20 only in the WAL
+    cut = snapshot(tmp_path / "a", tmp_path / "cut")
+    (cut / "buffer.db-wal").unlink()
+    (cut / "buffer.db-shm").unlink()
+    after = await make(cut)
+    assert after.next_seq("dev1") == 11 + SEQ_RESERVE and seqs(await drain(after)) == upto(5)
+
+
+async def test_after_a_reboot_seq_continues_above_the_marks_unless_stopped_cleanly(
+        make: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within one boot the witness shows a database that lost nothing: a crash leaves no gap. After
+    a power cut it cannot (the card may have lost the last writes): the gap is the reserved block."""
+    buf = await make(tmp_path / "a")
+    await _flushed(buf, 3)
+    crashed = snapshot(tmp_path / "a", tmp_path / "crashed")
+    await buf.close()
+    assert (await make(snapshot(crashed, tmp_path / "same-boot"))).next_seq("dev1") == 16
+    monkeypatch.setattr(buffer_mod, "boot_id", lambda: "another boot")
+    assert (await make(crashed)).next_seq("dev1") == 6 + SEQ_RESERVE
+    assert (await make(tmp_path / "a")).next_seq("dev1") == 16  # stopped cleanly before the reboot
+
 # -- corruption ----------------------------------------------------------------------------------
 
 
@@ -430,11 +505,87 @@ async def test_corrupt_database_is_moved_aside(
     assert buf.stats().recovered_corrupt == 1 and buf.stats().pending == 0
     assert len([f for f in os.listdir(tmp_path) if f.startswith("buffer.db.corrupt-")]) == 1
     assert len([r for r in caplog.records if "unusable" in r.message]) == 1
-    assert buf.next_seq("dev1") == 10_001 + SEQ_RESERVE  # above the marks reserved before
+    assert buf.next_seq("dev1") == 10_001  # the marks, trimmed by the clean close
     buf.put(batch())
     await buf.flush()
-    assert (await drain(buf))[0].seq0 == 10_001 + SEQ_RESERVE
+    assert (await drain(buf))[0].seq0 == 10_001
 
+
+@pytest.mark.parametrize("damage", ["garbled pages, found by a read", "not a database, found by a commit"])
+async def test_corruption_found_while_running_starts_a_fresh_file_at_once(
+        make: Callable[..., Any], tmp_path: Path, caplog: Any, damage: str) -> None:
+    """The file is damaged under a running buffer: the read or commit that finds it moves it aside
+    and goes on in a fresh file, without a restart. What the buffer still held in memory (the batch
+    waiting for the commit, the committed one not yet acked) is kept; the older backlog only the
+    file held is lost; new seqs continue above the marks."""
+    await _committed_then_closed(make, 2000)  # seq 1..10000: a backlog in the database file alone
+    buf = await make()
+    buf.put(batch(base=7))
+    await buf.flush()  # seq 10001..10005, also in memory; the marks are now 20006
+    db = tmp_path / "buffer.db"
+    with db.open("r+b") as f:
+        if damage.startswith("garbled"):
+            f.seek(db.stat().st_size // 3)
+            f.write(random.Random(1).randbytes(db.stat().st_size // 3))
+        else:
+            f.write(b"this is no SQLite file!" * 8)
+    await buf._call(lambda s: s.conn.execute("PRAGMA shrink_memory"))  # SQLite reads the file again
+    caplog.set_level(logging.ERROR, logger="gateway.buffer")
+    buf.put(batch(base=8))
+    if damage.startswith("garbled"):
+        assert seqs(await drain(buf)) == list(range(10_001, 10_006))  # the read found it
+        await buf.flush()
+    else:
+        await buf.flush()  # the commit found it
+    st = buf.stats()
+    assert st.recovered_corrupt == 1 and st.state == "ok" and st.pending == 10
+    assert len([f for f in os.listdir(tmp_path) if re.fullmatch(r"buffer\.db\.corrupt-\d{8}T\d{6}Z", f)]) == 1
+    assert len([r for r in caplog.records if "unusable" in r.message]) == 1
+    got = await drain(buf)
+    assert [b.values[0] for b in got] == [7, 8]
+    assert seqs(got) == [*range(10_001, 10_006), *range(10_006 + SEQ_RESERVE, 10_011 + SEQ_RESERVE)]
+    buf.ack([got[0].row])
+    buf.put(batch(base=9))
+    await buf.flush()
+    assert [b.values[0] for b in await drain(buf)] == [8, 9] and buf.stats().pending == 10
+    await buf.close()
+    reopened = await make()
+    assert reopened.stats().recovered_corrupt == 0 and [b.values[0] for b in await drain(reopened)] == [8, 9]
+
+
+# -- point sets ----------------------------------------------------------------------------------
+
+
+async def test_point_sets_no_stored_batch_uses_are_pruned(make: Callable[..., Any], tmp_path: Path) -> None:
+    """Report by exception makes a new point set for each poll; once their batches are acked they
+    go (table and memory), but not one a stored batch still uses, nor a device's current one."""
+    buf = await make()
+    kept = Batch("dev1", 1, PointSet(("kept",), ("V",)), [1.5])
+    buf.put(kept)  # never acked
+    steady = PointSet(("a", "b"), (None, None))
+
+    async def poll_and_ack(points: PointSet, i: int) -> None:
+        buf.put(Batch("dev1", 2 + i, points, [i, i]))
+        await buf.flush()
+        buf.ack([b.row for b in await buf.fetch(1, 10**6)])
+
+    for i in range(2 * PRUNE_EVERY):
+        await poll_and_ack(PointSet((f"changed{i}", "b"), (None, None)), i)
+
+    def sizes(s: _Store) -> tuple[int, int, int]:
+        return s.conn.execute("SELECT count(*) FROM pointset").fetchone()[0], len(s.ps_ids), len(s.ps_info)
+
+    assert (await buf._call(sizes))[0] > PRUNE_EVERY
+    for i in range(2 * PRUNE_EVERY):
+        await poll_and_ack(steady, i)
+    assert await buf._call(sizes) == (2, 2, 2)
+    (first,) = await drain(buf)
+    assert (first.names, first.units, first.values) == (("kept",), ("V",), [1.5])
+    await buf.close()
+    buf = await make()
+    assert await buf._call(sizes) == (2, 2, 2)
+    (first,) = await drain(buf)
+    assert (first.names, first.units, first.values) == (("kept",), ("V",), [1.5])
 
 # -- cap and eviction ----------------------------------------------------------------------------
 
