@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -57,13 +58,24 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Looked up once: find_library runs `ldconfig -p` in a subprocess, far too slow for each check.
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_synced() -> bool | None:
     """The kernel's sync flag; None when it cannot be read (e.g. under systemd's ProtectClock=)."""
+    libc = _libc()
+    if libc is None:
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         timex = _Timex()  # modes = 0: read only
         state = libc.adjtimex(ctypes.byref(timex))
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     if state < 0:
         return None

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from gateway import clock as clock_module
 from gateway.clock import WallClock, boot_id, kernel_synced
 from gateway.encoding import decode_telemetry, encode_telemetry
 from gateway.model import StoredBatch
@@ -34,9 +40,45 @@ def test_auto_trusts_a_board_without_timesyncd(tmp_path: Path) -> None:
     assert WallClock("off", synced_file=flag).refresh() is True
 
 
-def test_kernel_state_is_read_or_unknown() -> None:
-    assert kernel_synced() in (True, False, None)
-    assert boot_id() != ""
+def _kernel_state_by_clock_adjtime() -> bool | None:
+    """The kernel's sync state read another way: clock_adjtime(CLOCK_REALTIME), a syscall of its own,
+    into a buffer of our own; the kernel answers TIME_ERROR (5) while STA_UNSYNC is set."""
+    state = ctypes.CDLL("libc.so.6").clock_adjtime(0, ctypes.create_string_buffer(512))
+    return None if state < 0 else state != 5
+
+
+def test_kernel_state_matches_the_kernels_answer() -> None:
+    assert kernel_synced() is _kernel_state_by_clock_adjtime()
+    assert len(boot_id()) == 36 and boot_id() == boot_id()  # a UUID, the same all boot long
+
+
+def test_libc_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    real = ctypes.util.find_library
+
+    def counting(name: str) -> str | None:
+        lookups.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", counting)
+    clock_module._libc.cache_clear()
+    first = kernel_synced()
+    clock = WallClock("kernel")
+    states = [clock.refresh() for _ in range(3)]
+    assert lookups == ["c"]  # not one `ldconfig -p` per check
+    assert first is _kernel_state_by_clock_adjtime() and states == [first] * 3
+
+
+def test_kernel_check_trusts_an_unreadable_clock_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under ProtectClock= adjtimex fails (EPERM); a fake libc stands in for that sandbox.
+    monkeypatch.setattr(clock_module, "_libc", lambda: SimpleNamespace(adjtimex=lambda timex: -1))
+    clock = WallClock("kernel")
+    assert kernel_synced() is None
+    assert [clock.refresh(), clock.refresh()] == [True, True]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read the kernel's clock state (ProtectClock?): trusting the clock"]
 
 
 def test_unsynced_readings_wait_then_get_corrected_ts(tmp_path: Path) -> None:
