@@ -25,6 +25,7 @@ class ClockSection(_Strict):
     check: Literal["auto", "timesyncd", "kernel", "off"] = "auto"
     hold: Duration = 600.0  # unsynced readings wait this long for the clock, then go out marked
     synced_file: Path = Path("/run/systemd/timesync/synchronized")
+    chrony_port: int = Field(default=323, ge=1, le=65535)  # chronyd's cmdport on 127.0.0.1 (check: auto)
 
 
 class GatewaySection(_Strict):
