@@ -121,7 +121,8 @@ class CommandsSection(_Strict):
     """Remote commands from the platform (see gateway/commands.py): off unless enabled."""
 
     enabled: bool = False
-    remember_ids: int = Field(default=1000, ge=1, le=1_000_000)  # recent command ids kept to refuse repeats
+    # recent command ids kept per device to refuse repeats; at most 10,000 (memory a Pi can spare per device)
+    remember_ids: int = Field(default=1000, ge=1, le=10_000)
 
 
 class DeviceSection(_Strict):
