@@ -20,7 +20,7 @@ from gateway.mqttlink import GatewayClient, abandon, login_refused
 from gateway.timers import sleep_until
 from tests.support.broker import LOOPBACK, Mosquitto, until
 
-needs_cork = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux only")
+needs_cork = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="socket.TCP_CORK exists on Linux only")
 
 
 @pytest.fixture
