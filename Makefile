@@ -15,11 +15,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-# mosquitto and socat are real parts of the tests and the demo.
+# The commands the tests and the demo run, as command:Debian-package. mosquitto and socat are real
+# parts of the tests and the demo; the others are what tests check with (certificates, the broker's
+# password file, the installer, the systemd unit). Where CI is set, a test whose command is missing
+# fails instead of skipping (tests/support/needs.py).
+SYSTEM_DEPS := mosquitto:mosquitto mosquitto_passwd:mosquitto socat:socat openssl:openssl \
+               shellcheck:shellcheck systemd-analyze:systemd
+
 system-deps:
 	@missing=""; \
-	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
-	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	for dep in $(SYSTEM_DEPS); do \
+	  cmd=$${dep%%:*}; pkg=$${dep#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || case "$$missing " in \
+	    *" $$pkg "*) ;; *) missing="$$missing $$pkg" ;; esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing"; \

@@ -16,10 +16,11 @@ the device's bus lock, refused before anything is sent when the point is unknown
 ``writable`` or the value is out of its ``min``/``max``. ``refused: true`` means nothing was sent;
 ``refused: false`` means the device was asked and failed (the write may or may not have taken).
 
-A repeated id (per device) is not executed again: the last ``remember`` ids are kept in memory
+A repeated id is not executed again: the last ``remember`` ids of each device are kept in memory
 (not across restarts: the session is clean, so the broker redelivers nothing to a new process;
 and a retained command, which every new subscription would receive again, is never executed).
-A request that could not be read (malformed JSON, no id) is answered but not remembered.
+A request that could not be read (malformed JSON, no id) is answered but not remembered, nor is
+one for a device the gateway does not poll (so made-up device names cannot fill the memory).
 Every command is logged on one line: device, id, point, value, result.
 """
 
@@ -128,7 +129,9 @@ class Commands:
         self._run = run
         self.remember = remember
         self.max_running = max_running
-        self._seen: OrderedDict[tuple[str, str], asyncio.Future[dict[str, Any]]] = OrderedDict()
+        # Per device, its recent ids (JSON, so 1 and "1" differ), oldest first: a busy device never
+        # pushes another device's ids out.
+        self._seen: dict[str, OrderedDict[str, asyncio.Future[dict[str, Any]]]] = {}
         self._running: set[asyncio.Task[dict[str, Any]]] = set()
         self._closing = False
         self.counters = {"received": 0, "ok": 0, "refused": 0, "failed": 0, "duplicate": 0}
@@ -144,8 +147,8 @@ class Commands:
         if retained:
             reason = "a retained command is never executed (publish commands with retain false)"
             return self._done(device, command.id, refusal(command.id, reason), what)
-        key = (device, json.dumps(command.id))
-        earlier = self._seen.get(key)
+        key = json.dumps(command.id)
+        earlier = self._seen.get(device, {}).get(key)
         if earlier is not None:
             first = await asyncio.shield(earlier)
             self.counters["duplicate"] += 1
@@ -160,8 +163,9 @@ class Commands:
         task = asyncio.create_task(self._execute(device, command, what), name=f"command:{device}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        self._seen[key] = task
-        self._forget_oldest()
+        seen = self._seen.setdefault(device, OrderedDict())
+        seen[key] = task
+        self._forget_oldest(seen)
         return await asyncio.shield(task)  # a lost session does not cut the write (nor its log line)
 
     async def close(self, timeout: float = 2.0) -> None:
@@ -182,6 +186,8 @@ class Commands:
         except Exception as exc:  # run_tool_command answers errors itself; anything else is a bug
             log.exception("command %s to %s failed", _show(command.id), _show(device))
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if answer.get("unknown_device"):
+            self._forget(device, command.id)
         return self._done(device, command.id, result_of(command, answer), what)
 
     def _done(self, device: str, id: str | int | None, result: dict[str, Any], what: str) -> dict[str, Any]:
@@ -193,13 +199,20 @@ class Commands:
         log.log(level, "command %s to %s: %s: %s", shown, _show(device), what, _outcome(result))
         return result
 
-    def _forget_oldest(self) -> None:
-        """Keep at most ``remember`` ids (the oldest finished ones go first)."""
-        excess = len(self._seen) - self.remember
+    def _forget_oldest(self, seen: OrderedDict[str, asyncio.Future[dict[str, Any]]]) -> None:
+        """Keep at most ``remember`` ids of a device (the oldest finished ones go first)."""
+        excess = len(seen) - self.remember
         if excess <= 0:
             return
-        for key in [k for k, fut in self._seen.items() if fut.done()][:excess]:
-            del self._seen[key]
+        for key in [k for k, fut in seen.items() if fut.done()][:excess]:
+            del seen[key]
+
+    def _forget(self, device: str, id: str | int) -> None:
+        seen = self._seen.get(device)
+        if seen is not None:
+            seen.pop(json.dumps(id), None)
+            if not seen:
+                del self._seen[device]
 
 
 def _outcome(result: dict[str, Any]) -> str:

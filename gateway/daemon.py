@@ -59,7 +59,8 @@ class Daemon:
         max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer(self.data_dir, max_bytes=max_bytes, commit_interval=config.buffer.commit_interval)
         clock = config.gateway.clock
-        self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold)
+        self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold,
+                               chrony_port=clock.chrony_port)
         self.scheduler = Scheduler(
             sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
             congested=lambda: self.buffer.congested(publishing=self.publisher.connected),
@@ -84,6 +85,7 @@ class Daemon:
         """Start everything, run until SIGTERM/SIGINT, stop in order. Returns the exit status."""
         self._prepare_data_dir()
         await self.buffer.open()
+        await self.clock.start()  # which NTP client runs, known before the first reading is stamped
         publisher_task = self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         for spec in self.config.devices:
             if spec.enabled:

@@ -25,6 +25,7 @@ class ClockSection(_Strict):
     check: Literal["auto", "timesyncd", "kernel", "off"] = "auto"
     hold: Duration = 600.0  # unsynced readings wait this long for the clock, then go out marked
     synced_file: Path = Path("/run/systemd/timesync/synchronized")
+    chrony_port: int = Field(default=323, ge=1, le=65535)  # chronyd's cmdport on 127.0.0.1 (check: auto)
 
 
 class GatewaySection(_Strict):
@@ -120,7 +121,8 @@ class CommandsSection(_Strict):
     """Remote commands from the platform (see gateway/commands.py): off unless enabled."""
 
     enabled: bool = False
-    remember_ids: int = Field(default=1000, ge=1, le=1_000_000)  # recent command ids kept to refuse repeats
+    # recent command ids kept per device to refuse repeats; at most 10,000 (memory a Pi can spare per device)
+    remember_ids: int = Field(default=1000, ge=1, le=10_000)
 
 
 class DeviceSection(_Strict):

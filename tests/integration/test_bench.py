@@ -56,8 +56,13 @@ def _steady_sane(result: dict[str, Any], offered: float) -> None:
     for key in ("delivered_per_s", "acked_per_s", "read_per_s", "cpu_us_per_reading",
                 "wire_payload_bytes_per_reading", "mqtt_overhead_bytes_per_reading"):
         assert result[key] > 0, key
-    assert 0 < result["delivered_fraction"] < 2
-    assert result["overruns"] >= 0
+    assert result["delivered_fraction"] == pytest.approx(result["delivered_per_s"] / offered)
+    # Delivered is a slope over the commit bursts (about 0.75 to 1.15 of the true rate in a 2 s
+    # window, whatever was delivered): far below, the publisher fell behind; above, readings counted twice.
+    assert 0.5 < result["delivered_fraction"] < 1.5
+    # Overruns are polls skipped: the window's are some of the run's, and at these loads few.
+    assert result["overruns"] <= result["overruns_total"]
+    assert result["overrun_fraction"] < 0.25
     assert 0 < result["ready_s"] < result["first_reading_s"] < 30
     latency = result["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p99"] <= latency["max"]
@@ -85,7 +90,8 @@ def test_moderate_and_drain_scenarios() -> None:
     _accounted(drain)
     assert drain["backlog_readings"] >= 2000
     assert drain["drain_s"] > 0 and drain["drain_per_s"] > 0
-    assert drain["reconnect_s"] >= 0 and drain["fill_s"] > 0
+    # From the broker's start to the first reading delivered: after it, within the publisher's backoff cap.
+    assert 0 < drain["reconnect_s"] < 60 and drain["fill_s"] > 0
     assert drain["produced"] >= drain["backlog_readings"]
 
 

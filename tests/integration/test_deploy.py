@@ -10,7 +10,6 @@ import itertools
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from gateway.config import load_config
 from gateway.daemon import Daemon
 from tests.support.broker import Mosquitto, free_port
 from tests.support.gateway_proc import base_config, write_config
+from tests.support.needs import have_tool, require_tool, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "gateway.service"
 INSTALLED_GATEWAY = "/opt/city-gateway/venv/bin/gateway"
-
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-
 
 # -- the unit file -----------------------------------------------------------------------------------
 
@@ -73,11 +70,10 @@ def analyzable_copy(unit_text: str, tmp_path: Path, gateway: str | None = None) 
 
 
 def verify(unit: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    analyze = require_tool("systemd-analyze", "systemd")
+    return subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False)
 
 
-@needs_analyze
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     done = verify(analyzable_copy(UNIT.read_text(), tmp_path))
     # Warnings (an unknown key, a bad value) leave the exit status 0: any line about our unit fails.
@@ -85,17 +81,15 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert done.returncode == 0 and not ours, done.stdout + done.stderr
 
 
-@needs_analyze
 def test_verify_catches_a_mistake(tmp_path: Path) -> None:
     bad = UNIT.read_text().replace("Type=notify", "Type=notify\nWatchdogSecs=30s")
     done = verify(analyzable_copy(bad, tmp_path))
     assert "WatchdogSecs" in done.stdout + done.stderr
 
 
-@needs_analyze
 def test_unit_sandbox_exposure_is_low(tmp_path: Path) -> None:
-    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(analyzable_copy(UNIT.read_text(),
-                                                                                               tmp_path))],
+    analyze, unit = require_tool("systemd-analyze", "systemd"), analyzable_copy(UNIT.read_text(), tmp_path)
+    done = subprocess.run([analyze, "security", "--offline=yes", str(unit)],
                           capture_output=True, text=True, timeout=60, check=False)
     found = re.search(r"Overall exposure level for gateway\.service: (\d+\.\d+)", done.stdout + done.stderr)
     assert found, done.stdout + done.stderr
@@ -148,9 +142,9 @@ def test_journald_dropin_caps_disk_use() -> None:
     assert "#Storage=volatile" in (DEPLOY / "journald.conf").read_text()  # documented, off by default
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_installer_is_shellcheck_clean() -> None:
-    done = subprocess.run(["shellcheck", str(DEPLOY / "install.sh")], capture_output=True, text=True, check=False)
+    shellcheck = require_tool("shellcheck", "shellcheck")
+    done = subprocess.run([shellcheck, str(DEPLOY / "install.sh")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout
 
 
@@ -164,7 +158,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
                            "-w", str(house), str(REPO)], capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0 or not list(house.glob("city_gateway-*.whl")):
-        pytest.skip(f"cannot build the wheels (no package index?): {done.stderr[-500:]}")
+        unavailable(f"the wheels cannot be built here (no package index?): {done.stderr[-500:]}")
     return house
 
 
@@ -234,10 +228,10 @@ def test_install_upgrade_and_uninstall_in_a_throwaway_root(wheelhouse: Path, tmp
     assert unit.read_text() == UNIT.read_text()
     assert (root / "etc/systemd/journald.conf.d/60-city-gateway.conf").read_text() == \
         (DEPLOY / "journald.conf").read_text()
-    if shutil.which("systemctl"):
+    if have_tool("systemctl", "systemd"):  # install.sh enables the unit where systemctl is
         wants = root / "etc/systemd/system/multi-user.target.wants/gateway.service"
         assert os.readlink(wants) == "/etc/systemd/system/gateway.service"
-    if shutil.which("systemd-analyze"):  # the installed unit, pointed into this root, verifies
+    if have_tool("systemd-analyze", "systemd"):  # the installed unit, pointed into this root, verifies
         (tmp_path / "check").mkdir()
         done = verify(analyzable_copy(unit.read_text(), tmp_path / "check", gateway=str(venv_gateway)))
         assert done.returncode == 0 and "gateway" not in done.stdout + done.stderr, done.stderr
@@ -443,7 +437,8 @@ def test_daemon_runs_with_writable_executable_memory_refused(
         deadline = time.monotonic() + 20
         while True:
             if proc.poll() == 77:
-                pytest.skip("this kernel cannot refuse writable executable memory (PR_SET_MDWE)")
+                pytest.skip(f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux 6.3+): "
+                            "it cannot refuse writable executable memory")
             assert proc.poll() != 78, "PR_SET_MDWE did not refuse a writable executable mapping"
             assert proc.poll() is None, log_path.read_text()
             try:

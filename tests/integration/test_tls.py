@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -36,13 +35,11 @@ from tests.support.broker import (
     until,
     wait_port,
 )
-from tests.support.certs import CertKey, Pki, make_pki, openssl_available, tls_listener
+from tests.support.certs import CertKey, Pki, make_pki, tls_listener
 from tests.support.gateway_proc import base_config, run_cli, write_config
+from tests.support.needs import require_tool
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not openssl_available(), reason="the openssl command is needed to make certificates"),
-]
+pytestmark = pytest.mark.integration
 
 GW = TEST_GATEWAY_ID
 CLIENT_ID = f"city-gateway-{GW}"
@@ -54,6 +51,7 @@ SECRET = "Zq7-not-in-any-log-9Xv"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    require_tool("openssl", "openssl")  # makes the certificates
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
@@ -239,10 +237,9 @@ async def test_mtls_without_a_trusted_client_certificate_is_refused(
 @pytest.fixture
 def password_broker(pki: Pki, tmp_path: Path, brokers: list[Mosquitto]) -> int:
     """A broker that wants user "gw" with password SECRET, over TLS; returns the TLS port."""
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
+    mosquitto_passwd = require_tool("mosquitto_passwd", "mosquitto")
     passwords = tmp_path / "mosquitto.passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gw", SECRET], check=True, capture_output=True)
+    subprocess.run([mosquitto_passwd, "-b", "-c", str(passwords), "gw", SECRET], check=True, capture_output=True)
     broker, tls_port = start_broker(tmp_path / "mq", tls_listener(free_port(), pki.ca.cert, pki.server),
                                     extra=f"allow_anonymous false\npassword_file {passwords}\n")
     brokers.append(broker)

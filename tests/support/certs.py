@@ -8,7 +8,6 @@ P-256: fast to make, and every OpenSSL and Mosquitto speaks them.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +52,6 @@ class Pki:
     rogue_ca: CertKey  # a CA nobody trusts
     rogue_server: CertKey  # for 127.0.0.1, signed by ``rogue_ca``
     rogue_client: CertKey  # a client certificate signed by ``rogue_ca``
-
-
-def openssl_available() -> bool:
-    return shutil.which("openssl") is not None
 
 
 def _openssl(workdir: Path, *args: str) -> None:

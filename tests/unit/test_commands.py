@@ -207,6 +207,40 @@ async def test_only_the_last_ids_are_remembered() -> None:
     assert len(run.requests) == 4
 
 
+async def test_the_same_id_on_two_devices_runs_on_both_and_each_is_remembered() -> None:
+    run = FakeRun()
+    commands = Commands(run)
+    first = [await commands.handle(device, cmd("c-1")) for device in ("meter-1", "meter-2")]
+    again = [await commands.handle(device, cmd("c-1")) for device in ("meter-1", "meter-2")]
+    assert [r["device"] for r in run.requests] == ["meter-1", "meter-2"]
+    assert all("duplicate" not in r for r in first) and all(r["duplicate"] for r in again)
+
+
+async def test_each_device_remembers_its_own_last_ids() -> None:
+    run = FakeRun()
+    commands = Commands(run, remember=2)
+    for id in ("a", "b"):
+        await commands.handle("meter-1", cmd(id))
+    for id in ("x", "y", "z"):  # a busier device does not push meter-1's ids out
+        await commands.handle("meter-2", cmd(id))
+    assert "duplicate" in await commands.handle("meter-1", cmd("a"))
+    assert "duplicate" in await commands.handle("meter-1", cmd("b"))
+    assert "duplicate" in await commands.handle("meter-2", cmd("z"))
+    assert "duplicate" not in await commands.handle("meter-2", cmd("x"))  # its 3rd-last: forgotten
+    assert [r["device"] for r in run.requests] == ["meter-1"] * 2 + ["meter-2"] * 4
+
+
+async def test_a_command_for_a_device_not_polled_is_not_remembered() -> None:
+    unknown = {"ok": False, "unknown_device": True, "error": "device 'nope' is not polled by the running gateway"}
+    run = FakeRun(unknown)
+    commands = Commands(run)
+    for n in range(50):  # made-up device names cannot fill the memory
+        await commands.handle(f"nope-{n}", cmd("c-1"))
+    again = await commands.handle("nope-0", cmd("c-1"))
+    assert again == {"id": "c-1", "ok": False, "refused": True, "error": unknown["error"]}  # asked again
+    assert len(run.requests) == 51 and commands._seen == {}
+
+
 async def test_a_retained_command_is_never_executed() -> None:
     run = FakeRun()
     commands = Commands(run)
@@ -306,6 +340,12 @@ def test_commands_are_off_by_default_and_can_be_enabled(tmp_path: Path) -> None:
     on = load_config(config_file(tmp_path, commands={"enabled": True, "remember_ids": 50}), environ={})
     assert on.commands.enabled is True and on.commands.remember_ids == 50
     assert on.hash != off.hash  # the status shows a config with commands on as a different one
+
+
+def test_remember_ids_is_capped_at_10000(tmp_path: Path) -> None:
+    assert load_config(config_file(tmp_path, commands={"remember_ids": 10_000}), environ={}).commands.remember_ids
+    with pytest.raises(ConfigFileError, match=r"commands.remember_ids: 10001 is out of range \(1 to 10000\)"):
+        load_config(config_file(tmp_path, commands={"remember_ids": 10_001}), environ={})
 
 
 def test_commands_section_is_checked(tmp_path: Path) -> None:

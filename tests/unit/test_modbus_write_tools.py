@@ -6,6 +6,7 @@ import argparse
 import fcntl
 import io
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -61,16 +62,18 @@ def test_holder_of_another_program() -> None:
 
 def test_trace_keeps_a_growing_buffer_once() -> None:
     trace = FrameTrace()
+    started = time.monotonic()
     trace.begin()
     trace.packet(True, bytes.fromhex("01030000000184 0a"))
     trace.packet(False, bytes.fromhex("0103"))
     trace.packet(False, bytes.fromhex("01030200"))
     trace.packet(False, bytes.fromhex("01030200 00b844"))
     trace.end("")
+    took_ms = (time.monotonic() - started) * 1000
     tx, rx = trace.events
     assert (tx["dir"], tx["data"], tx["note"]) == ("tx", "01 03 00 00 00 01 84 0a", "")
     assert (rx["dir"], rx["data"], rx["note"]) == ("rx", "01 03 02 00 00 b8 44", "")
-    assert rx["ms"] is not None and rx["ms"] >= 0
+    assert 0 <= rx["ms"] <= took_ms + 0.05  # the answer's time after the request, in ms (rounded to 0.1)
 
 
 def test_trace_of_a_spoilt_answer_and_of_silence() -> None:

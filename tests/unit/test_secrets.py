@@ -124,7 +124,8 @@ def test_no_warning_for_a_private_config(tmp_path: Path, caplog: pytest.LogCaptu
     assert not caplog.records
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+@pytest.mark.skipif(os.geteuid() == 0, reason="as root (CAP_DAC_OVERRIDE) a mode-000 file is still readable: "
+                    "no permission error to name")
 def test_unreadable_password_file_names_the_reason(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(SECRET)
     (tmp_path / "pw").chmod(0)
