@@ -508,6 +508,7 @@ async def test_a_stuck_poll_that_ends_at_last_lets_its_device_resume(monkeypatch
         await _until(lambda: stuck.health.state == "ok")
         await _until(lambda: sum(b.device == "dev" for b in batches) >= 3)
     finally:
+        _StuckDriver.unstuck.set()
         await asyncio.wait_for(sched.stop_all(), 5.0)
     # The late answer of the stuck poll is dropped: its time stamp would be that of its end.
     assert [b.values for b in batches if b.device == "dev"][:3] == [[1], [3], [4]]
