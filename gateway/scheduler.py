@@ -215,14 +215,13 @@ class DeviceTask:
         except Exception as exc:  # any driver failure is a device failure, never a dead loop
             if self._stopping:  # the poll swallowed the stop's cancel: end as stopped
                 raise asyncio.CancelledError from exc
-            self._stuck = False
+            self._unstick()
             await self._failed(exc)
             return False
         if self._stopping:
             raise asyncio.CancelledError
         if self._stuck:  # given up on: its answer is too late to stamp as a reading
-            self._stuck = False
-            log.warning("device %s: the stuck poll has ended; polling resumes", self.spec.name)
+            self._unstick()
             return False
         try:
             self._deliver(result)
@@ -294,6 +293,11 @@ class DeviceTask:
         self._release_bus()  # the other devices on the bus go on; this one waits for its poll to end
         self._fault(STUCK_REASON, "; its bus is freed for the others", None)
 
+    def _unstick(self) -> None:
+        if self._stuck:
+            self._stuck = False
+            log.warning("device %s: the stuck poll has ended; polling resumes", self.spec.name)
+
     def _fault(self, reason: str, detail: str, exc: BaseException | None) -> None:
         """Report the device in error for a fault of the gateway's own (not the device's answer).
 
@@ -303,22 +307,25 @@ class DeviceTask:
         if reason != self._logged_fault:
             self._logged_fault = reason
             log.error("device %s: %s%s", self.spec.name, reason, detail, exc_info=exc)
-        self._set_error(reason)
+        if self._set_error(reason):
+            self._on_change()
 
     async def _failed(self, exc: BaseException) -> None:
         reason = _describe(exc)
         self.health.errors += 1
         if self.health.state != "error":
             log.warning("device %s lost: %s", self.spec.name, reason)
+        changed = self._set_error(reason)
         await self._close()
-        self._set_error(reason)
+        if changed:
+            self._on_change()
 
-    def _set_error(self, reason: str) -> None:
+    def _set_error(self, reason: str) -> bool:
+        """Put the device in error for ``reason``; True if that changed its state or reason."""
         changed = self.health.state != "error" or self.health.last_error != reason
         self.health.state = "error"
         self.health.last_error = reason
-        if changed:
-            self._on_change()
+        return changed
 
     async def _close(self) -> None:
         if not self._opened:
