@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0  # seconds between attempts at a dead device, at most
 POLL_GUARD = 30.0  # a poll still running after interval + this is abandoned as hung
+CANCEL_GRACE = 1.0  # a poll still running this long after its cancel ignores cancellation: stuck
+STUCK_REASON = "poll hung and ignored cancellation; device stuck"
+
+# Polls left behind at a stop because they ignore cancellation: the event loop keeps only weak
+# references to tasks, and one blocked on a future nobody else holds would be collected mid-await.
+_abandoned: set[asyncio.Task[None]] = set()
 
 
 @dataclass(slots=True)
@@ -73,7 +79,13 @@ def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> f
 
 
 class DeviceTask:
-    """Polls one device forever, hands each poll to ``sink`` as a Batch, tracks health."""
+    """Polls one device forever, hands each poll to ``sink`` as a Batch, tracks health.
+
+    Nothing ends the loop silently: a failure past the driver (stamping, the report filter, the
+    sink) is a device error like a failed poll, and a loop that dies anyway is reported and started
+    again after the usual backoff. A poll that ignores the guard's cancel is left behind: it gives
+    its bus turn up and the device is reported stuck until that poll ends.
+    """
 
     def __init__(
         self,
@@ -102,7 +114,16 @@ class DeviceTask:
         self.bus_lock = bus_lock
         self._task: asyncio.Task[None] | None = None
         self._opened = False
-        self._guard = SharedTimeout(spec.interval + POLL_GUARD)  # a poll this long has hung
+        self._stopping = False
+        self._deaths = 0  # the loop's deaths since its last good poll: the restart's backoff
+        self._restart: asyncio.TimerHandle | None = None
+        self._logged_fault: str | None = None  # the fault last logged, so a repeat is only counted
+        self._holding: asyncio.Lock | None = None  # the bus lock while this device's poll has its turn
+        self._poll_no = 0
+        self._in_poll = 0  # the number of the poll running now, 0 between polls
+        self._stuck = False  # a poll ignored the guard's cancel and still runs
+        # a poll this long has hung
+        self._guard = SharedTimeout(spec.interval + POLL_GUARD, on_expire=self._guard_fired)
 
     @property
     def bus(self) -> str | None:
@@ -110,26 +131,52 @@ class DeviceTask:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"poll:{self.spec.name}")
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._restart = None
+        if self._stopping:
+            return
+        self._task = asyncio.create_task(self._run(), name=f"poll:{self.spec.name}")
+        self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
-        """Cancel the poll loop and close the driver."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:  # the loop died of a bug: stopping must still go on (and flush)
-                log.error("device %s: poll loop had died: %s: %s", self.spec.name, type(exc).__name__, exc)
-            self._task = None
+        """Cancel the poll loop and close the driver; a poll that ignores the cancel is left behind."""
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        task, self._task = self._task, None
+        abandoned = False
+        if task is not None:
+            task.cancel()
+            abandoned = not await _ends_within(task, CANCEL_GRACE)
+            if abandoned:
+                log.error("device %s: a poll ignored cancellation; left behind at stop", self.spec.name)
+                self._release_bus()  # the stuck poll never gets to
+            elif not task.cancelled() and task.exception() is not None:  # reported when it died
+                log.debug("device %s: poll loop had died: %r", self.spec.name, task.exception())
         self._guard.close()
-        await self._close()
+        if abandoned:  # closing may be what unblocks the stuck poll, but must not hang the stop either
+            await _ends_within(asyncio.create_task(self._close()), CANCEL_GRACE)
+        else:
+            await self._close()
 
     @property
     def alive(self) -> bool:
-        """True while the poll loop runs (used by the watchdog)."""
+        """True while the poll loop runs (used by the watchdog); False from its death to its restart."""
         return self._task is not None and not self._task.done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The loop ended without a stop: report it (status, one log line) and restart it after a backoff."""
+        if self._stopping or task is not self._task:
+            return
+        exc = None if task.cancelled() else task.exception()
+        reason = "poll loop ended: " + ("cancelled" if task.cancelled() else _describe(exc) if exc else "returned")
+        self._deaths += 1
+        delay = backoff_delay(self.spec.interval, self._deaths)
+        self._restart = asyncio.get_running_loop().call_later(delay, self._spawn)
+        self._fault(reason, f"; restarting it in {delay:.3g} s", exc)
 
     async def _run(self) -> None:
         interval = self.spec.interval
@@ -162,16 +209,37 @@ class DeviceTask:
 
     async def _poll_once(self) -> bool:
         try:
-            if self.bus_lock is None:
-                result = await self._guarded_poll()
-            else:
-                async with self.bus_lock:
-                    result = await self._guarded_poll()
+            result = await self._locked_poll()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any driver failure is a device failure, never a dead loop
+            if self._stopping:  # the poll swallowed the stop's cancel: end as stopped
+                raise asyncio.CancelledError from exc
+            self._unstick()
             await self._failed(exc)
             return False
+        if self._stopping:
+            raise asyncio.CancelledError
+        if self._stuck:  # given up on: its answer is too late to stamp as a reading
+            self._unstick()
+            return False
+        try:
+            self._deliver(result)
+        except Exception as exc:  # a bug past the driver: counted and reported, polling goes on
+            self._fault(f"handling the poll failed: {_describe(exc)}", "", exc)
+            return False
+        if self.health.state != "ok":
+            if self.health.state == "error":
+                log.warning("device %s is back", self.spec.name)
+            self.health.state = "ok"
+            self.health.last_error = None
+            self._deaths = 0
+            self._logged_fault = None
+            self._on_change()
+        return True
+
+    def _deliver(self, result: PollResult) -> None:
+        """Stamp one poll, filter it (report by exception) and hand it to the sink."""
         ts = int(time.time() * 1000)
         self.health.polls += 1
         self.health.last_read_ts = ts
@@ -180,13 +248,25 @@ class DeviceTask:
             self._sink(Batch(self.spec.name, ts, points, result.values, result.errors, self._stamp()))
         elif picked := self._filter.apply(points, result.values, result.errors, time.monotonic()):
             self._sink(Batch(self.spec.name, ts, *picked, self._stamp()))
-        if self.health.state != "ok":
-            if self.health.state == "error":
-                log.warning("device %s is back", self.spec.name)
-            self.health.state = "ok"
-            self.health.last_error = None
-            self._on_change()
-        return True
+
+    async def _locked_poll(self) -> PollResult:
+        """The guarded poll, in this device's turn on its bus (a stuck poll gives its turn up)."""
+        lock = self.bus_lock
+        if lock is not None:
+            await lock.acquire()
+            self._holding = lock
+        self._poll_no += 1
+        self._in_poll = self._poll_no
+        try:
+            return await self._guarded_poll()
+        finally:
+            self._in_poll = 0
+            self._release_bus()
+
+    def _release_bus(self) -> None:
+        lock, self._holding = self._holding, None
+        if lock is not None:
+            lock.release()
 
     async def _guarded_poll(self) -> PollResult:
         """Open (once) and poll the driver; TimeoutError when the poll outlives interval + POLL_GUARD.
@@ -201,17 +281,51 @@ class DeviceTask:
                 self._opened = True
             return await self.driver.poll()
 
+    def _guard_fired(self, task: asyncio.Task[object]) -> None:
+        """The guard cancelled the running poll: look again once the poll had time to end."""
+        asyncio.get_running_loop().call_later(CANCEL_GRACE, self._check_stuck, self._in_poll)
+
+    def _check_stuck(self, poll_no: int) -> None:
+        """The poll the guard cancelled still runs: it ignores cancellation. Free the bus, report it."""
+        if self._stopping or not poll_no or self._in_poll != poll_no:
+            return
+        self._stuck = True
+        self._release_bus()  # the other devices on the bus go on; this one waits for its poll to end
+        self._fault(STUCK_REASON, "; its bus is freed for the others", None)
+
+    def _unstick(self) -> None:
+        if self._stuck:
+            self._stuck = False
+            log.warning("device %s: the stuck poll has ended; polling resumes", self.spec.name)
+
+    def _fault(self, reason: str, detail: str, exc: BaseException | None) -> None:
+        """Report the device in error for a fault of the gateway's own (not the device's answer).
+
+        Logged once (with the traceback, if any), counted every time.
+        """
+        self.health.errors += 1
+        if reason != self._logged_fault:
+            self._logged_fault = reason
+            log.error("device %s: %s%s", self.spec.name, reason, detail, exc_info=exc)
+        if self._set_error(reason):
+            self._on_change()
+
     async def _failed(self, exc: BaseException) -> None:
         reason = _describe(exc)
         self.health.errors += 1
-        changed = self.health.state != "error" or self.health.last_error != reason
         if self.health.state != "error":
             log.warning("device %s lost: %s", self.spec.name, reason)
-        self.health.state = "error"
-        self.health.last_error = reason
+        changed = self._set_error(reason)
         await self._close()
         if changed:
             self._on_change()
+
+    def _set_error(self, reason: str) -> bool:
+        """Put the device in error for ``reason``; True if that changed its state or reason."""
+        changed = self.health.state != "error" or self.health.last_error != reason
+        self.health.state = "error"
+        self.health.last_error = reason
+        return changed
 
     async def _close(self) -> None:
         if not self._opened:
@@ -221,6 +335,16 @@ class DeviceTask:
             await self.driver.close()
         except Exception as exc:
             log.debug("device %s: close failed: %s", self.spec.name, exc)
+
+
+async def _ends_within(task: asyncio.Task[None], timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``task``; one that does not end is kept from the garbage collector."""
+    await asyncio.wait({task}, timeout=timeout)
+    if task.done():
+        return True
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+    return False
 
 
 def _report_filter(spec: DeviceSpec, points: PointSet) -> ReportFilter | None:

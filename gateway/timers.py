@@ -17,6 +17,7 @@ oldest one still running.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
 
@@ -49,13 +50,15 @@ class SharedTimeout:
     As with ``asyncio.timeout``: the block's task is cancelled at the limit and the CancelledError
     becomes TimeoutError when the guard's cancel was the only one; a cancel from elsewhere (a stop)
     stays a CancelledError; a cancel the block swallowed is taken back. One block per task at a
-    time. ``close()`` drops the pending timer.
+    time. ``close()`` drops the pending timer. ``on_expire(task)``, if given, is called right after
+    the guard cancelled a block's task (to follow up on a block that ignores the cancel).
     """
 
-    __slots__ = ("_expired", "_running", "_timer", "limit")
+    __slots__ = ("_expired", "_on_expire", "_running", "_timer", "limit")
 
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, on_expire: Callable[[asyncio.Task[object]], None] | None = None) -> None:
         self.limit = limit
+        self._on_expire = on_expire
         self._running: dict[asyncio.Task[object], tuple[float, int]] = {}  # task: (start, cancelling), oldest first
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -97,3 +100,5 @@ class SharedTimeout:
             if task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
+                if self._on_expire is not None:
+                    self._on_expire(task)

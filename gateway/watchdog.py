@@ -6,7 +6,9 @@ half period, so each of these stops it and gets the gateway restarted:
 
 * the event loop hangs (a blocking call, a busy loop): the task never runs;
 * a device's poll task or the publisher task has died (a bug let an exception escape): the health
-  check names it, one error line says so, and no more heartbeats are sent.
+  check names it, one error line says so, and no more heartbeats are sent. (The scheduler restarts
+  a dead poll task after its backoff and the heartbeat resumes then: only a loop dead for longer
+  than ``WatchdogSec=`` gets the gateway restarted.)
 
 A problem is re-checked every second (not every half period): one missed heartbeat already brings
 systemd's deadline within half a period, so a passing state (a reload replacing the publisher) must

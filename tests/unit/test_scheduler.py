@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +18,10 @@ from gateway import scheduler
 from gateway.buffer import Buffer
 from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
+from gateway.report import ReportFilter
 from gateway.scheduler import MAX_BACKOFF, DeviceTask, Scheduler, backoff_delay, next_deadline
 from gateway.settings import DeviceSpec
+from gateway.watchdog import gateway_problem
 
 
 def test_next_deadline_on_time_keeps_grid() -> None:
@@ -144,15 +150,93 @@ async def test_devices_on_one_bus_take_turns() -> None:
     assert _BusDriver.peak == 1
 
 
-async def test_stopping_a_loop_that_died_of_a_bug_does_not_raise() -> None:
-    def broken_sink(batch: Batch) -> None:
-        raise RuntimeError("bug in a later stage")
+@pytest.mark.parametrize("seam", ["sink", "stamp", "filter"])
+async def test_a_failure_past_the_driver_is_a_device_error_and_polling_goes_on(
+    seam: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug between the driver's answer and the buffer (handing the batch over, stamping it, the
+    report filter) is reported and counted like a failed poll; polling goes on and recovers."""
+    caplog.set_level(logging.WARNING, logger="gateway.scheduler")
+    fault = False
+    batches: list[Batch] = []
+    changes: list[str] = []
 
-    sched = Scheduler(sink=broken_sink, on_change=lambda: None)
-    task = sched.add(_spec("d", 0.01), SimulatedDriver)
-    await _until(lambda: not task.alive)
-    await sched.stop_all()  # must not raise: the daemon still has to flush the buffer
+    def maybe_fail(where: str) -> None:
+        if fault and where == seam:
+            raise RuntimeError(f"bug in the {seam}")
+
+    def sink(batch: Batch) -> None:
+        maybe_fail("sink")
+        batches.append(batch)
+
+    def stamp() -> None:
+        maybe_fail("stamp")
+
+    apply = ReportFilter.apply
+
+    def failing_apply(self: ReportFilter, *args: Any) -> Any:
+        maybe_fail("filter")
+        return apply(self, *args)
+
+    monkeypatch.setattr(ReportFilter, "apply", failing_apply)
+    sched = Scheduler(sink=sink, on_change=lambda: changes.append(task.health.state), stamp=stamp)
+    task = sched.add(dataclasses.replace(_spec("d", 0.01), deadband=0.0), SimulatedDriver)
+    try:
+        await _until(lambda: len(batches) >= 3)
+        fault = True
+        await _until(lambda: task.health.errors >= 3)  # still polling, each poll counted...
+        assert task.health.state == "error" and task.alive
+        assert task.health.last_error == f"handling the poll failed: RuntimeError: bug in the {seam}"
+        count = len(batches)
+        fault = False
+        await _until(lambda: task.health.state == "ok" and len(batches) > count)  # ...and back
+    finally:
+        await sched.stop_all()
+    assert changes == ["ok", "error", "ok"]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert logged == [("ERROR", f"device d: handling the poll failed: RuntimeError: bug in the {seam}"),
+                      ("WARNING", "device d is back")]  # once, not per failed poll
+    counters = [b.values[0] for b in batches]
+    assert counters == sorted(counters)
+
+
+async def test_a_poll_loop_that_dies_is_seen_by_the_watchdog_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """The loop can still die (here its check of the pipeline raises, once): the watchdog's health
+    check names it while it is dead, the status says so, and it is started again after a backoff."""
+    caplog.set_level(logging.WARNING, logger="gateway.scheduler")
+    broken = False
+    batches: list[Batch] = []
+
+    def congested() -> bool:
+        if broken:
+            raise RuntimeError("bug in the congestion check")
+        return False
+
+    sched = Scheduler(sink=batches.append, on_change=lambda: None, congested=congested)
+    task = sched.add(_spec("d", 0.2), SimulatedDriver)
+    try:
+        await _until(lambda: len(batches) >= 1)
+        dead = task._task
+        assert dead is not None
+        broken = True
+        await asyncio.wait({dead}, timeout=5)
+        # Dead now, restarted 0.2 s (the usual backoff) later:
+        assert gateway_problem(sched, None) == \
+            "the poll task of device d has died: RuntimeError: bug in the congestion check"
+        assert task.health.state == "error"
+        assert task.health.last_error == "poll loop ended: RuntimeError: bug in the congestion check"
+        broken = False
+        count = len(batches)
+        await _until(lambda: task.alive and task.health.state == "ok" and len(batches) > count)
+        assert gateway_problem(sched, None) is None and task._task is not dead
+    finally:
+        await sched.stop_all()  # must not raise: the daemon still has to flush the buffer
     assert sched.tasks == {}
+    assert task.health.errors == 1
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert logged == [("ERROR", "device d: poll loop ended: RuntimeError: bug in the congestion check; "
+                                "restarting it in 0.2 s"),
+                      ("WARNING", "device d is back")]
 
 
 async def test_a_wall_clock_step_neither_stops_nor_bunches_polling(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,3 +438,78 @@ async def test_a_driver_that_swallows_the_guards_cancel_keeps_polling_and_stops_
     assert task._task is not None and task._task.cancelling() == 0  # the guard took its cancel back
     await asyncio.wait_for(sched.stop_all(), 2.0)
     assert not task.alive
+
+
+class _StuckDriver(_SlowDriver):
+    """Its second poll hangs and swallows every cancel until ``unstuck`` is set, then answers."""
+
+    bus = "serial:/dev/ttySTUCK"
+    unstuck = asyncio.Event()
+
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        while self.polls == 2 and not self.unstuck.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.unstuck.wait()
+        return PollResult([self.polls])
+
+
+class _NeighbourDriver(_SlowDriver):
+    bus = _StuckDriver.bus
+
+    async def poll(self) -> PollResult:
+        self.polls += 1
+        return PollResult([self.polls])
+
+
+def _stuck_on_a_bus(monkeypatch: pytest.MonkeyPatch) -> tuple[Scheduler, DeviceTask, DeviceTask, list[Batch]]:
+    """A device whose second poll ignores cancellation, and a neighbour on its bus (guard 0.1 s, grace 0.2 s)."""
+    monkeypatch.setattr(_StuckDriver, "unstuck", asyncio.Event())
+    monkeypatch.setattr(scheduler, "CANCEL_GRACE", 0.2, raising=False)
+    sched, stuck, batches = _guarded_device(monkeypatch, 0.1, _StuckDriver, 0.02)
+    return sched, stuck, sched.add(_spec("other", 0.02), _NeighbourDriver), batches  # type: ignore[arg-type]
+
+
+async def test_a_poll_that_ignores_cancellation_frees_the_bus_and_does_not_hold_up_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.scheduler")
+    sched, stuck, other, batches = _stuck_on_a_bus(monkeypatch)
+    try:
+        await _until(lambda: stuck.health.state == "error")
+        assert stuck.health.last_error == "poll hung and ignored cancellation; device stuck"
+        count = sum(b.device == "other" for b in batches)
+        await _until(lambda: sum(b.device == "other" for b in batches) >= count + 10)  # the bus is free
+        assert other.health.state == "ok"
+        assert stuck.driver.polls == 2  # type: ignore[attr-defined]  # not polled again while stuck
+        started = time.monotonic()
+        await asyncio.wait_for(sched.stop_all(), 5.0)
+        assert time.monotonic() - started < 2.0  # the grace (0.2 s) and the driver's close, not forever
+        assert not stuck.alive and not other.alive
+        left = set(scheduler._abandoned)
+        assert len(left) == 1  # the stuck poll, kept referenced until it ends
+    finally:
+        _StuckDriver.unstuck.set()
+    await asyncio.wait(left, timeout=5)
+    assert not scheduler._abandoned
+    assert [b.values for b in batches if b.device == "dev"] == [[1]]  # nothing from after the stop
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert logged == [
+        ("ERROR", "device dev: poll hung and ignored cancellation; device stuck; its bus is freed for the others"),
+        ("ERROR", "device dev: a poll ignored cancellation; left behind at stop")]
+
+
+async def test_a_stuck_poll_that_ends_at_last_lets_its_device_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    sched, stuck, other, batches = _stuck_on_a_bus(monkeypatch)
+    try:
+        await _until(lambda: stuck.health.state == "error")
+        assert stuck.health.last_error == "poll hung and ignored cancellation; device stuck"
+        _StuckDriver.unstuck.set()
+        await _until(lambda: stuck.health.state == "ok")
+        await _until(lambda: sum(b.device == "dev" for b in batches) >= 3)
+    finally:
+        _StuckDriver.unstuck.set()
+        await asyncio.wait_for(sched.stop_all(), 5.0)
+    # The late answer of the stuck poll is dropped: its time stamp would be that of its end.
+    assert [b.values for b in batches if b.device == "dev"][:3] == [[1], [3], [4]]
+    assert stuck.health.errors == 1 and other.health.errors == 0

@@ -215,19 +215,19 @@ def _spec(name: str) -> DeviceSpec:
 
 
 async def test_gateway_problem_names_a_dead_device_task() -> None:
-    def sink(batch: object) -> None:
-        raise RuntimeError("a bug in the sink")  # escapes the poll loop: the task dies
+    def congested() -> bool:
+        raise RuntimeError("a bug in the congestion check")  # escapes the poll loop: the task dies
 
-    scheduler = Scheduler(sink=sink, on_change=lambda: None)
+    scheduler = Scheduler(sink=lambda batch: None, on_change=lambda: None, congested=congested)
     publisher = asyncio.create_task(asyncio.Event().wait(), name="publisher")
     try:
         scheduler.add(_spec("meter-1"), SimulatedDriver)
         assert gateway_problem(scheduler, publisher) is None
         task = scheduler.tasks["meter-1"]._task
         assert task is not None
-        await asyncio.wait({task}, timeout=5)
+        await asyncio.wait({task}, timeout=5)  # (restarted after a backoff: this runs before)
         assert gateway_problem(scheduler, publisher) == \
-            "the poll task of device meter-1 has died: RuntimeError: a bug in the sink"
+            "the poll task of device meter-1 has died: RuntimeError: a bug in the congestion check"
         assert isinstance(task.exception(), RuntimeError)
     finally:
         with contextlib.suppress(RuntimeError):  # stopping re-raises what killed the task
