@@ -17,8 +17,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from gateway.publisher import Publisher  # noqa: E402
-from gateway.settings import MqttSection  # noqa: E402
+from gateway.config.settings import MqttSection  # noqa: E402
+from gateway.publish.publisher import Publisher  # noqa: E402
 from tests.support.broker import TEST_GATEWAY_ID, Mosquitto, StartPublisher, Subscriber  # noqa: E402
 from tests.support.gateway_proc import GatewayProcess  # noqa: E402
 from tests.support.serial_pty import SerialPty  # noqa: E402

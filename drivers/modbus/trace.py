@@ -6,7 +6,7 @@ receive the whole buffer it is about to parse, which grows as bytes arrive and i
 frame (good or spoilt) is consumed; the trace keeps the bytes, not the repeats, so a response
 shows once, whole, as it arrived. ``end`` closes the request with its outcome: nothing (a valid
 answer), an exception response, ``CRC error`` or ``timeout``. The events are JSON-able (they
-travel through the daemon's control socket); ``gateway.tools_render`` prints them.
+travel through the daemon's control socket); ``gateway.cli.render`` prints them.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.encoding import decode_telemetry
-from gateway.publisher import Publisher
+from gateway.publish.publisher import Publisher
+from gateway.wire.encoding import decode_telemetry
 
 LOOPBACK = "127.0.0.1"
 

@@ -5,7 +5,7 @@ request as chronyd does (protocol version 6, a request packet, command REQ_TRACK
 the 104 bytes of the reply; anything else gets no answer) and replies with a tracking report:
 synchronized (a reference id, stratum 3, leap status normal) or not (reference id 0, stratum 0,
 leap status 3, "unsynchronised"), as ``synced`` says at that moment. The layout is written out here
-on its own, not taken from gateway.chrony, so a mistake there does not hide in both.
+on its own, not taken from gateway.publish.chrony, so a mistake there does not hide in both.
 """
 
 from __future__ import annotations

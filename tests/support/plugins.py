@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.driver import DeviceInfo, DriverError
 from gateway.model import PointSet, PollResult
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DIST = "city_gateway_test_drivers-0.dist-info"
 ENTRY_POINTS = {"poison": "tests.support.plugins:PoisonDriver"}
 STALL_ENV = "GATEWAY_TEST_STALL_FLAG"
@@ -30,9 +30,9 @@ import threading
 
 flag = os.environ.get({STALL_ENV!r})
 if flag:
-    from gateway import store
+    from gateway.buffer import store
 
-    commit = store._Store.commit
+    commit = store.Store.commit
     never = threading.Event()
 
     def stalling_commit(self, *args, **kwargs):
@@ -40,7 +40,7 @@ if flag:
             never.wait()
         return commit(self, *args, **kwargs)
 
-    store._Store.commit = stalling_commit
+    store.Store.commit = stalling_commit
 """
 
 

@@ -1,0 +1,2 @@
+"""``gateway bench``: the real gateway process measured from outside, scenario by scenario.
+"""

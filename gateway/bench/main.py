@@ -1,0 +1,475 @@
+"""`gateway bench`: the real pipeline, measured end to end, with every reading accounted for by seq.
+
+Each scenario runs ``python -m gateway.cli run`` as a separate process with simulated devices (the
+modbus scenario: one Modbus TCP device served from this process, see gateway.bench.modbus), a
+temporary data directory and a real broker (a private Mosquitto, or ``--broker HOST:PORT``), and a
+subscriber in this process that counts, per device, which seqs arrived (gateway.bench.subscriber). The
+gateway is measured from outside through /proc (gateway.bench.run). At the end of every scenario
+the devices are made to fail (``Group.fail``: the simulated devices' ``fail_flag`` files, or the
+Modbus server answering with an exception), the buffer drains, and what arrived is checked
+against what was produced (each device's last committed seq): a reading missing by seq, or
+evicted by the buffer, fails the bench.
+
+Scenarios: load, saturation, moderate, modbus, drain, wire, startup (see ``SCENARIOS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.bench.metrics import Mark, Window, self_cpu, window_figures, wire_figures
+from gateway.bench.report import Progress
+from gateway.bench.run import (
+    LOOPBACK,
+    SIGNALS,
+    TOPIC_PREFIX,
+    BenchError,
+    DeviceGroup,
+    GatewayProcess,
+    Group,
+    bench_config,
+    cpu_seconds,
+    device_totals,
+    free_port,
+    private_broker,
+)
+from gateway.bench.subscriber import BenchSubscriber
+
+FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
+SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup")
+MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
+SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
+WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
+METERED_LINGER = 3.0  # seconds the wire scenario's metered runs let a message fill
+STATUS_EVERY = 5.0  # seconds between status requests in a measuring window (each costs the gateway CPU)
+STALL = 30.0  # seconds without progress after which a waiting step gives up
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run; the defaults finish all scenarios in about two minutes on two cores."""
+
+    devices: int = 10
+    points: int = 100
+    interval: float = 0.01
+    duration: float = 10.0
+    warmup: float = 2.0
+    encoding: str = "cbor"
+    signals: tuple[str, ...] = SIGNALS
+    commit_interval: float = 1.0
+    broker: tuple[str, int] | None = None
+    scenarios: tuple[str, ...] = SCENARIOS
+    drain_readings: int = 300_000
+    data_dir: Path | None = None
+
+
+@dataclass
+class Run:
+    """One gateway process with its subscriber and the device groups it polls."""
+
+    name: str
+    gw: GatewayProcess
+    sub: BenchSubscriber
+    groups: list[Group]
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    """Runs the chosen scenarios; use as a context manager (it owns a temp dir and maybe a broker)."""
+
+    def __init__(self, opts: BenchOptions, progress: Progress) -> None:
+        self.opts = opts
+        self.progress = progress
+        self._stack = contextlib.ExitStack()
+        self.tmp = Path()
+        self.host, self.port = opts.broker or (LOOPBACK, 0)
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.broker_name = f"{self.host}:{self.port}"
+        self._shown, self._what = 0.0, ""
+
+    def __enter__(self) -> Bench:
+        tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-", dir=self.opts.data_dir))
+        self.tmp = Path(tmp)
+        if self.opts.broker is None:
+            self.port = free_port()
+            self.broker = self._stack.enter_context(private_broker(self.tmp / "broker", self.port))
+            self.broker_name = f"private mosquitto on {LOOPBACK}:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def run(self) -> dict[str, Any]:
+        """Run every chosen scenario; returns the report (``ok`` False if any failed or lost data)."""
+        started = time.monotonic()
+        scenarios: dict[str, Any] = {}
+        for name in self.opts.scenarios:
+            try:
+                scenarios[name] = getattr(self, f"scenario_{name}")()
+            except BenchError as exc:
+                scenarios[name] = {"ok": False, "error": str(exc)}
+            except OSError as exc:  # the control socket or the broker went away
+                scenarios[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "tool": "gateway bench",
+            "version": _version(),
+            "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+                        "system": f"{platform.system()} {platform.release()}"},
+            "broker": self.broker_name,
+            "options": _options_doc(self.opts),
+            "scenarios": scenarios,
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "ok": all(s.get("ok", True) for s in scenarios.values()),
+        }
+
+    # -- device groups ------------------------------------------------------------------------------
+
+    def group(self, prefix: str, devices: int, interval: float, flag: str = "stop.flag", *,
+              signals: tuple[str, ...] | None = None, decimals: int = 6) -> DeviceGroup:
+        """``devices`` devices of --points points every ``interval`` (--signals unless ``signals``),
+        failing while ``flag`` exists."""
+        o = self.opts
+        return DeviceGroup(prefix, devices, o.points, interval, signals or o.signals, self.tmp / flag, decimals)
+
+    def load_group(self, factor: int = 1) -> DeviceGroup:
+        """The load scenario's devices (``factor`` times as many)."""
+        return self.group("dev", self.opts.devices * factor, self.opts.interval)
+
+    def moderate_group(self) -> DeviceGroup:
+        """--devices x --points every second."""
+        return self.group("dev", self.opts.devices, MODERATE_INTERVAL)
+
+    # -- scenarios ----------------------------------------------------------------------------------
+
+    def scenario_load(self) -> dict[str, Any]:
+        """The offered load of --devices x --points every --interval."""
+        return self._steady("load", [self.load_group()], self.opts.encoding, self.opts.duration)
+
+    def scenario_saturation(self) -> dict[str, Any]:
+        """SATURATION_FACTOR times the load scenario's devices: does throughput hold?"""
+        return self._steady("saturation", [self.load_group(SATURATION_FACTOR)], self.opts.encoding,
+                            self.opts.duration)
+
+    def scenario_moderate(self) -> dict[str, Any]:
+        """--devices x --points every second: CPU with all fixed costs, RSS, latency, disk bytes."""
+        return self._steady("moderate", [self.moderate_group()], self.opts.encoding, self.opts.duration)
+
+    def scenario_modbus(self) -> dict[str, Any]:
+        """One Modbus TCP device, 100 holding registers every 100 ms, served by pymodbus in this process."""
+        from gateway.bench.modbus import ModbusBenchServer, ModbusGroup
+
+        self.progress.step("modbus: starting the Modbus server")
+        with ModbusBenchServer() as server:
+            result = self._steady("modbus", [ModbusGroup("modbus", server)], self.opts.encoding, self.opts.duration)
+            result["server_reads"] = server.reads
+            server.failing.clear()  # the run ended by making the device fail
+            result["floor"] = self._modbus_floor(server.port)
+        return result
+
+    def _modbus_floor(self, port: int) -> dict[str, Any]:
+        """The same polls with no gateway, per client (see gateway.bench.modbus.run_floor)."""
+        from gateway.bench.modbus import FLOOR_CLIENTS, run_floor
+
+        window, warmup = min(self.opts.duration, FLOOR_WINDOW), min(self.opts.warmup, 1.0)
+        floor: dict[str, Any] = {}
+        for client in FLOOR_CLIENTS:
+            self.progress.step(f"modbus: the floor, {client} client alone", f"{warmup + window:g} s")
+            try:
+                floor[client] = run_floor(client, port, warmup=warmup, window=window)
+            except BenchError as exc:  # a reference figure: the gateway's own run still stands
+                floor[client] = {"client": client, "error": str(exc)}
+        return floor
+
+    def scenario_wire(self) -> dict[str, Any]:
+        """Bytes on the wire per reading for each encoding, at the moderate load."""
+        out: dict[str, Any] = {"ok": True}
+        window = min(self.opts.duration, WIRE_WINDOW)
+        for encoding in ("cbor", "json", "packed"):
+            run = self._steady(f"wire-{encoding}", [self.moderate_group()], encoding, window)
+            out[encoding] = run
+            out["ok"] = out["ok"] and run["ok"]
+        # A metered link as the README sets it up: packed, deflated, messages filled for up to
+        # METERED_LINGER, on sensor-like data (half smooth, half noisy, two decimals; no counters).
+        sensors = self.group("dev", self.opts.devices, MODERATE_INTERVAL, signals=("sine", "random"), decimals=2)
+        for name, compress in (("packed-metered", False), ("packed-metered-deflate", True)):
+            run = self._steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
+                               mqtt={"compress": compress, "batch": {"linger": METERED_LINGER}})
+            out[name] = run
+            out["ok"] = out["ok"] and run["ok"]
+        return out
+
+    def scenario_startup(self) -> dict[str, Any]:
+        """Process spawn to the first reading delivered, at the moderate load."""
+        with self.open_run("startup", [self.moderate_group()], self.opts.encoding) as run:
+            ready = run.gw.start().wait_ready()
+            self.wait_first(run)
+            run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)
+            self.finish(run)
+        return run.result
+
+    def scenario_drain(self) -> dict[str, Any]:
+        """Fill a backlog with the broker away, bring it up, time the drain while polling goes on."""
+        if self.opts.broker is not None:
+            return {"ok": True, "skipped": "needs the private broker (it binds the port later); not with --broker"}
+        from gateway.bench.drain import run_drain
+
+        for _attempt in range(3):
+            result = run_drain(self)
+            if result is not None:
+                return result
+        raise BenchError("the gateway reached the broker before the subscriber, three times")
+
+    # -- the parts of a run ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
+                 subscribe: bool = True, mqtt: dict[str, Any] | None = None) -> Iterator[Run]:
+        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
+        workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
+        workdir.mkdir(parents=True)
+        for group in groups:
+            group.revive()
+        gateway_id = f"bench-{name}-{workdir.name[-6:]}"
+        port = self.port if port is None else port
+        config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
+                              encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups,
+                              mqtt=mqtt)
+        sub = BenchSubscriber(self.host, port, TOPIC_PREFIX, gateway_id)
+        run = Run(name, GatewayProcess(workdir, config), sub, groups)
+        run.result.update(_describe(groups, encoding, self.opts.commit_interval))
+        try:
+            if subscribe:
+                run.sub.start()
+            yield run
+        finally:
+            run.gw.close()
+            run.sub.close()
+
+    def _steady(self, name: str, groups: list[Group], encoding: str, window: float,
+                mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
+        with self.open_run(name, groups, encoding, mqtt=mqtt) as run:
+            ready = run.gw.start().wait_ready()
+            self.wait_first(run)
+            run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)
+            self.sleep(run, "warming up", self.opts.warmup)
+            run.result.update(window_figures(self.measure(run, window), sum(g.rate for g in groups)))
+            run.result["latency_ms"] = run.sub.latency_ms()
+            self.finish(run)
+        return run.result
+
+    def measure(self, run: Run, seconds: float) -> Window:
+        """Sample a window of ``seconds``: the subscriber's count every 20 ms, the gateway's CPU every
+        100 ms (from /proc: free for the gateway), its status every STATUS_EVERY s (that costs it a
+        fraction of a millisecond each). Latencies are counted from the start of the window.
+        """
+        window = Window(marks=[self.mark(run)])
+        run.sub.reset_latency()
+        start = window.marks[0].sub.t
+        end, next_cpu, next_mark = start + seconds, start, start + STATUS_EVERY
+        while (now := time.monotonic()) < end:
+            snap = run.sub.snapshot()
+            window.arrivals.append((snap.t, snap.distinct))
+            if now >= next_cpu:
+                sample = run.gw.sample()
+                window.cpu.append((sample.t, sample.cpu_s))
+                next_cpu += 0.1
+            if now >= next_mark:
+                window.marks.append(self.mark(run))
+                next_mark += STATUS_EVERY
+            self.tick(run, "measuring", f"{end - now:.0f} s left")
+            time.sleep(0.02)
+        last = self.mark(run)
+        window.marks.append(last)
+        window.arrivals.append((last.sub.t, last.sub.distinct))
+        window.cpu.append((last.proc.t, last.proc.cpu_s))
+        return window
+
+    def mark(self, run: Run) -> Mark:
+        """Count everything now: the status, the process, the subscriber, the broker, this process."""
+        status = run.gw.status()
+        proc = run.gw.sample()
+        snap = run.sub.snapshot()
+        buffer = status.get("buffer", {})
+        acked = int(status.get("broker", {}).get("readings_sent", 0))
+        return Mark(proc, device_totals(status, run.groups[0].points), acked, int(buffer.get("pending", 0)),
+                    int(buffer.get("evicted", 0)), snap, self._broker_cpu(), self_cpu())
+
+    def _broker_cpu(self) -> float | None:
+        if self.broker is None or self.broker.poll() is not None:
+            return None
+        return cpu_seconds(self.broker.pid)
+
+    def wait_first(self, run: Run, timeout: float | None = None) -> None:
+        """Wait for the first telemetry message at the subscriber."""
+        deadline = time.monotonic() + (timeout or 30.0 + 2 * self.opts.commit_interval)
+        while run.sub.first_arrival is None:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{run.name}: no reading reached the subscriber; the gateway log ends:\n"
+                                 f"{run.gw.log_tail()}")
+            self.tick(run, "waiting for the first reading")
+            time.sleep(0.005)
+
+    def sleep(self, run: Run, what: str, seconds: float) -> None:
+        """Sleep ``seconds`` showing progress (and failing at once if the gateway dies)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.tick(run, what, f"{left:.0f} s left")
+            time.sleep(min(left, 0.05))
+
+    def tick(self, run: Run, what: str, detail: str = "") -> None:
+        """Check the gateway is alive and show the progress line (at most 4 times a second)."""
+        run.gw.check_alive()
+        now = time.monotonic()
+        if now - self._shown >= 0.25 or what != self._what:
+            self._shown, self._what = now, what
+            delivered = f"{run.sub.snapshot().distinct:,} delivered"
+            self.progress.step(f"{run.name}: {what}", f"{detail}, {delivered}" if detail else delivered)
+
+    def finish(self, run: Run) -> None:
+        """Stop the devices, let the buffer drain, check every seq arrived, stop the gateway."""
+        produced, evicted = self._settle(run)
+        self._catch_up(run, produced)
+        verdict = run.sub.tally(produced)
+        run.result.update(wire_figures(run.sub.snapshot()))
+        usage = run.gw.stop()
+        total = max(verdict["produced"], 1)
+        run.result.update(verdict)
+        run.result.update(
+            evicted=evicted,
+            decode_errors=len(run.sub.errors),
+            gateway_warnings=run.gw.warnings(),
+            gateway_exit=usage.exit_code,
+            peak_rss_bytes=usage.peak_rss,
+            cpu_s_total=usage.cpu_s,
+            cpu_us_per_reading_run=usage.cpu_s / total * 1e6,
+            disk_bytes_total=usage.write_bytes,
+            disk_bytes_per_reading=usage.write_bytes / total,
+        )
+        run.result["ok"] = (verdict["missing"] == 0 and verdict["extra"] == 0 and evicted == 0
+                            and not run.sub.errors and usage.exit_code == 0
+                            and verdict["delivered"] == verdict["produced"])
+
+    def _settle(self, run: Run) -> tuple[dict[str, int], int]:
+        """Make every device fail; wait until all are failing and nothing is pending.
+
+        Returns each device's last committed seq, and the buffer's evicted count.
+        """
+        run.gw.devices_failing()
+        for group in run.groups:
+            group.fail()
+        last, since = -1, time.monotonic()
+        while True:
+            status = run.gw.status()
+            pending = int(status["buffer"]["pending"])
+            if pending == 0 and all(d["state"] == "error" for d in status["devices"].values()):
+                break
+            if pending != last:
+                last, since = pending, time.monotonic()
+            elif time.monotonic() - since > STALL:
+                raise BenchError(f"{run.name}: the buffer stopped draining ({pending:,} readings pending)")
+            self.tick(run, "stopping the devices, draining the buffer", f"{pending:,} pending")
+            time.sleep(0.1)
+        return {name: int(d["seq"]) for name, d in status["devices"].items()}, int(status["buffer"]["evicted"])
+
+    def _catch_up(self, run: Run, produced: dict[str, int]) -> None:
+        """Wait until the subscriber has every produced seq, or got nothing new for 10 s."""
+        total = sum(produced.values())
+        last, since = -1, time.monotonic()
+        while (got := run.sub.tally(produced)["delivered"]) < total:
+            if got != last:
+                last, since = got, time.monotonic()
+            elif time.monotonic() - since > 10.0:
+                return  # the tally will show what is missing
+            self.tick(run, "waiting for the subscriber to catch up", f"{total - got:,} to go")
+            time.sleep(0.05)
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+
+def _describe(groups: list[Group], encoding: str, commit_interval: float) -> dict[str, Any]:
+    return {
+        "devices": sum(g.count for g in groups),
+        "points_per_device": groups[0].points,
+        "groups": [{"devices": g.count, "points": g.points, "interval_s": g.interval, "driver": g.driver}
+                   for g in groups],
+        "offered_per_s": sum(g.rate for g in groups),
+        "encoding": encoding,
+        "commit_interval_s": commit_interval,
+    }
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__
+
+
+def _options_doc(opts: BenchOptions) -> dict[str, Any]:
+    doc = asdict(opts)
+    doc["broker"] = f"{opts.broker[0]}:{opts.broker[1]}" if opts.broker else None
+    doc["data_dir"] = str(opts.data_dir) if opts.data_dir else None
+    return doc
+
+
+def options_from_args(args: Any) -> BenchOptions:
+    """BenchOptions from the `gateway bench` arguments; ValueError naming a bad one."""
+    names = SCENARIOS if args.scenario.strip() == "all" else tuple(s.strip() for s in args.scenario.split(","))
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or not names:
+        raise ValueError(f"--scenario: unknown {unknown or names!r}; use all or a comma list of {', '.join(SCENARIOS)}")
+    signals = tuple(s.strip() for s in args.signals.split(","))
+    if not signals or any(s not in SIGNALS for s in signals):
+        raise ValueError(f"--signals: {args.signals!r}; use a comma list of {', '.join(SIGNALS)}")
+    broker = None
+    if args.broker:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--broker: {args.broker!r} is not HOST:PORT")
+        broker = (host, int(port))
+    return BenchOptions(
+        devices=args.devices, points=args.points, interval=args.interval, duration=args.duration,
+        warmup=args.warmup, encoding=args.encoding, signals=signals, commit_interval=args.commit_interval,
+        broker=broker, scenarios=tuple(dict.fromkeys(names)), drain_readings=args.drain_readings,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
+
+
+def run_bench(opts: BenchOptions, *, as_json: bool = False) -> int:
+    """Run ``opts``, print the table (or one JSON object); 0 if nothing was lost, else 1."""
+    import json
+
+    from gateway.bench.report import render
+
+    progress = Progress()
+    # SIGTERM unwinds like Ctrl-C, so the gateway and the broker this bench started are stopped too.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with Bench(opts, progress) as bench:
+            report = bench.run()
+    except BenchError as exc:
+        progress.done()
+        print(f"gateway bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.done()
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return 0 if report["ok"] else 1
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

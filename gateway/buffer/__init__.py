@@ -1,0 +1,4 @@
+"""The store-and-forward buffer: ``Buffer`` (the async face, gateway.buffer.queue), the SQLite store
+on its writer thread (gateway.buffer.store), the seq marks and the files beside the database
+(gateway.buffer.seqfile).
+"""

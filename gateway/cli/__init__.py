@@ -1,0 +1,3 @@
+"""The ``gateway`` command: run, check, status, read, write, scan, demo, bench; its text output.
+Nothing imports this package.
+"""

@@ -1,0 +1,3 @@
+"""Config: load the YAML file (``${ENV}``, includes, line tracking), validate it with pydantic, explain
+errors in a technician's words; the last good copy; secrets.
+"""

@@ -1,0 +1,185 @@
+"""The config models: the shape of gateway.yaml. Loading and error reporting live in config.py."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+
+from gateway.config.secrets import read_secret_file
+from gateway.fields import Duration, Name
+
+TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClockSection(_Strict):
+    """How to tell whether the wall clock is right (boards without a real-time clock); see gateway.publish.clock."""
+
+    check: Literal["auto", "timesyncd", "kernel", "off"] = "auto"
+    hold: Duration = 600.0  # unsynced readings wait this long for the clock, then go out marked
+    synced_file: Path = Path("/run/systemd/timesync/synchronized")
+    chrony_port: int = Field(default=323, ge=1, le=65535)  # chronyd's cmdport on 127.0.0.1 (check: auto)
+
+
+class GatewaySection(_Strict):
+    id: Name
+    data_dir: Path = Path("/var/lib/gateway")
+    clock: ClockSection = ClockSection()
+
+
+class TlsSection(_Strict):
+    """TLS to the broker. The server certificate and host name are always verified."""
+
+    ca_file: Path | None = None  # None: the system's CAs
+    cert_file: Path | None = None  # client certificate (mTLS), with key_file
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_readable(self) -> TlsSection:
+        # Checked here so `gateway check` finds a wrong path; TLS would only say "No such file".
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {name} {path}" + ("" if path.exists() else ": no such file"))
+        return self
+
+
+class BatchSection(_Strict):
+    """How readings are grouped into telemetry messages (one device per message)."""
+
+    max_readings: int = Field(default=1000, ge=1)  # readings per message at most
+    # bytes per message at most (a fuller message is split by batches; one poll is never split)
+    max_bytes: int = Field(default=256 * 1024, ge=256)
+    # wait up to this long for a device's message to fill before sending it part full (0: never wait)
+    linger: Duration = 0.0
+
+
+class MqttSection(_Strict):
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: TopicPrefix = "city"
+    encoding: Literal["cbor", "json", "packed"] = "cbor"  # packed: columnar CBOR for metered links
+    compress: bool = False  # deflate packed messages (zlib)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None  # or: the password is the text of this file (read at each connect)
+    client_id: str | None = None  # default: city-gateway-<gateway.id>
+    keepalive: Duration = 30.0
+    tls: TlsSection | None = None
+    publish_timeout: Duration = 10.0  # a PUBACK later than this means the link is dead
+    max_inflight: int = Field(default=20, ge=1, le=65535)  # messages awaiting PUBACK at once
+    batch: BatchSection = BatchSection()
+    max_rate: float | None = Field(default=None, gt=0)  # readings per second sent at most (a metered link)
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                read_secret_file(path)
+            except OSError as exc:
+                raise ValueError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _compress_needs_packed(self) -> MqttSection:
+        if self.compress and self.encoding != "packed":
+            raise ValueError("compress: true needs encoding: packed")
+        return self
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttSection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def secret_password(self) -> str | None:
+        """The password to log in with: ``password``, or the text of ``password_file`` read now."""
+        if self.password_file is not None:
+            try:
+                return read_secret_file(self.password_file)
+            except (OSError, ValueError) as exc:
+                raise OSError(f"cannot read mqtt.password_file {self.password_file}: {exc}") from None
+        return self.password.get_secret_value() if self.password is not None else None
+
+
+class BufferSection(_Strict):
+    max_mb: float = Field(default=256, gt=0)
+    commit_interval: Duration = 1.0
+
+
+class CommandsSection(_Strict):
+    """Remote commands from the platform (see gateway/publish/commands.py): off unless enabled."""
+
+    enabled: bool = False
+    # recent command ids kept per device to refuse repeats; at most 10,000 (memory a Pi can spare per device)
+    remember_ids: int = Field(default=1000, ge=1, le=10_000)
+
+
+class DeviceSection(_Strict):
+    """The keys of a device entry the core owns; the rest is validated by the driver's Config."""
+
+    name: Name
+    driver: Name
+    interval: Duration = 1.0
+    enabled: bool = True
+    # Report by exception: a number for every point, or per point {name: band}; a value is sent
+    # when it moved at least this much since it was last sent ...
+    deadband: Annotated[float, Field(ge=0)] | dict[Name, Annotated[float, Field(ge=0)]] | None = None
+    heartbeat: Duration | None = None  # ... or when this long has passed since (default: never)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """One validated device entry: the common keys plus the driver's own validated config."""
+
+    name: str
+    driver: str
+    interval: float
+    enabled: bool
+    options: Any  # an instance of the driver's Config model
+    deadband: float | dict[str, float] | None = None
+    heartbeat: float | None = None
+
+    @property
+    def reports_by_exception(self) -> bool:
+        return self.deadband is not None or self.heartbeat is not None
+
+
+class RootSection(_Strict):
+    """The top level; ``devices`` is checked entry by entry against each driver's model."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection
+    buffer: BufferSection = BufferSection()
+    commands: CommandsSection = CommandsSection()
+    devices: list[dict[str, Any]] = Field(default_factory=list)
+    # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
+    # to this file's folder. Checked and merged by the loader.
+    include: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A loaded, validated config."""
+
+    path: Path
+    gateway: GatewaySection
+    mqtt: MqttSection
+    buffer: BufferSection
+    devices: tuple[DeviceSpec, ...]
+    hash: str  # sha256 of the validated content, short; reported in the status
+    # The config as written (${ENV} unresolved), kept as the last good one once it ran well.
+    source: str = field(default="", compare=False, repr=False)
+    # Set when this is the last good config, run because the config file was invalid: the reason.
+    fallback: str | None = None
+    commands: CommandsSection = field(default_factory=CommandsSection)

@@ -1,0 +1,116 @@
+"""A dead unit on a shared RS-485 line, under the real Scheduler: the others keep their rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus.config import ModbusConfig
+from drivers.modbus.driver import ModbusDriver
+from gateway.config.settings import DeviceSpec
+from gateway.model import Batch
+from gateway.poll.scheduler import Scheduler
+from tests.support.modbus_server import ModbusTestServer
+from tests.support.serial_pty import SerialPty
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.1
+TIMEOUT = 0.05
+UNITS = (1, 2, 3)
+
+
+@pytest.fixture
+async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
+    server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def spec(unit: int, port: Path) -> DeviceSpec:
+    config = ModbusConfig.model_validate({
+        "connection": {"transport": "rtu", "serial_port": str(port), "unit_id": unit, "timeout": TIMEOUT},
+        "points": [{"name": "v", "address": 0}, {"name": "w", "address": 1}],
+    })
+    return DeviceSpec(name=f"unit-{unit}", driver="modbus", interval=INTERVAL, enabled=True, options=config)
+
+
+def rate(stamps: list[float], skip: int = 3) -> float:
+    """Polls per second over the stamps after the first ``skip``."""
+    steady = stamps[skip:]
+    return (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: ModbusTestServer, pty: SerialPty) -> None:
+    arrivals: dict[str, list[float]] = defaultdict(list)
+
+    def sink(batch: Batch) -> None:
+        arrivals[batch.device].append(time.monotonic())
+
+    for unit in UNITS:
+        await bus.set_registers("holding", 0, [unit, unit * 100], unit=unit)
+    bus.mute(unit=2)
+    scheduler = Scheduler(sink=sink, on_change=lambda: None)
+    try:
+        for unit in UNITS:
+            scheduler.add(spec(unit, pty.b), ModbusDriver)
+        live = ("unit-1", "unit-3")
+        await wait_until(lambda: all(len(arrivals[n]) >= 30 for n in live), "30 polls of each live unit")
+
+        for name in live:
+            assert rate(arrivals[name]) >= 0.75 / INTERVAL, f"{name} slowed down by the dead unit"
+        dead = scheduler.tasks["unit-2"]
+        attempts = len(bus.requests_of(2))
+        # ~3 s of doubling backoff (0.1, 0.2, 0.4, 0.8, 1.6 s): a handful of tries, not 30.
+        assert 2 <= attempts <= 8
+        assert dead.health.state == "error"
+        assert dead.health.last_error == f"no response from unit 2 on {pty.b} (timeout {TIMEOUT}s)"
+        assert dead.driver.counters["timeouts"] == attempts  # type: ignore[attr-defined]
+        assert not arrivals["unit-2"]
+
+        bus.mute(False, unit=2)  # it answers again: back to its normal rate
+        await wait_until(lambda: len(arrivals["unit-2"]) >= 10, "unit 2 polling again", timeout=15.0)
+        assert rate(arrivals["unit-2"]) >= 0.75 / INTERVAL
+        assert dead.health.state == "ok"
+    finally:
+        await scheduler.stop_all()
+    assert scheduler.shared.users(f"serial:{pty.b}") == 0
+
+
+async def test_whole_bus_recovers_after_the_port_comes_back(bus: ModbusTestServer, pty: SerialPty) -> None:
+    arrivals: dict[str, list[float]] = defaultdict(list)
+    scheduler = Scheduler(sink=lambda b: arrivals[b.device].append(time.monotonic()), on_change=lambda: None)
+    try:
+        for unit in UNITS:
+            scheduler.add(spec(unit, pty.b), ModbusDriver)
+        names = [f"unit-{u}" for u in UNITS]
+        await wait_until(lambda: all(arrivals[n] for n in names), "a poll of every unit")
+
+        await bus.stop()
+        pty.stop()
+        gone = f"serial port {pty.b} is gone"
+        await wait_until(lambda: all(scheduler.tasks[n].health.last_error == gone for n in names),
+                         "every unit to report the port gone")
+
+        pty.start()
+        await bus.start()
+        counts = {n: len(arrivals[n]) for n in names}
+        await wait_until(lambda: all(len(arrivals[n]) > counts[n] for n in names), "every unit back", timeout=15.0)
+        assert all(scheduler.tasks[n].health.state == "ok" for n in names)
+    finally:
+        await scheduler.stop_all()

@@ -1,0 +1,46 @@
+"""The bench's table rows for the modbus scenario's floor (the same polls with no gateway)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.bench.report import _modbus_rows
+
+RUN: dict[str, Any] = {
+    "delivered_per_s": 990.0, "delivered_fraction": 0.99, "read_per_s": 999.0, "acked_per_s": 999.0,
+    "cpu_us_per_reading": 14.1, "cpu_percent": 1.4, "cpu_us_per_reading_run": 88.7, "peak_rss_bytes": 47_000_000,
+    "overruns": 0, "overrun_fraction": 0.0, "pending_at_end": 1100, "first_reading_s": 1.2,
+    "broker_cpu_percent": 0.0, "bench_cpu_percent": 3.0, "requests_per_poll": 1.0, "points_per_device": 100,
+    "server_reads": 130,
+}
+
+
+def test_the_floor_follows_the_gateway_cpu() -> None:
+    floor = {"pymodbus": {"client": "pymodbus", "cpu_us_per_reading": 9.74},
+             "socket": {"client": "socket", "cpu_us_per_reading": 6.98}}
+    rows = _modbus_rows({**RUN, "floor": floor})
+    labels = [label for label, _, _ in rows]
+    at = labels.index("gateway CPU")
+    assert labels[at + 1] == "  floor: no gateway"
+    _, value, note = rows[at + 1]
+    assert value == "9.7 µs/reading"
+    assert "bare socket instead: 7.0 µs" in note
+    assert "  floor not measured" not in labels
+
+
+def test_a_floor_that_failed_says_why() -> None:
+    floor = {"pymodbus": {"client": "pymodbus", "cpu_us_per_reading": 9.74},
+             "socket": {"client": "socket", "error": "modbus floor (socket): ConnectionRefusedError: refused"}}
+    rows = _modbus_rows({**RUN, "floor": floor})
+    failed = [row for row in rows if row[0] == "  floor not measured"]
+    assert failed == [("  floor not measured", "socket", "modbus floor (socket): ConnectionRefusedError: refused")]
+    (floor_row,) = [row for row in rows if row[0] == "  floor: no gateway"]
+    assert floor_row[1] == "9.7 µs/reading" and "bare socket instead: - µs" in floor_row[2]
+
+
+def test_a_run_without_figures_still_shows_the_floor() -> None:
+    """The gateway's run failed (no rows of its own): the floor rows come alone, no crash."""
+    floor = {"pymodbus": {"client": "pymodbus", "cpu_us_per_reading": 9.74},
+             "socket": {"client": "socket", "cpu_us_per_reading": 6.98}}
+    rows = _modbus_rows({"floor": floor})
+    assert [label for label, _, _ in rows] == ["  floor: no gateway"]
