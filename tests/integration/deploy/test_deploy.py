@@ -196,6 +196,10 @@ def ids(root: Path, db: str, name: str) -> list[str]:
     return []
 
 
+# pip runs three times here (the wheels, the install, the upgrade): some 30 s of CPU on an idle
+# machine, several times that on a loaded one. The suite's 120 s limit is a guard against a hang,
+# too short for that work; each pip already has 600 s (install()).
+@pytest.mark.timeout(600)
 def test_install_upgrade_and_uninstall_in_a_throwaway_root(wheelhouse: Path, tmp_path: Path) -> None:
     root = fresh_root(tmp_path / "root")
     am_root = os.geteuid() == 0
