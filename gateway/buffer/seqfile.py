@@ -3,9 +3,9 @@ commit, setting a bad database file aside, and the room the filesystem leaves it
 
 The buffer database can be lost (deleted, moved aside because it is corrupt, restored from an older
 copy, or cut back to an older state by a lost WAL); these marks cannot, so a seq once committed is
-never handed to another reading. The file is replaced atomically (write a temp file, fsync, rename,
-fsync the directory) and only when a device crosses its mark, which the buffer raises in blocks so
-the file is rarely written; a clean close trims it back to what was committed.
+never handed to another reading. The file is replaced atomically (gateway.atomic.write_atomic) and
+only when a device crosses its mark, which the buffer raises in blocks so the file is rarely
+written; a clean close trims it back to what was committed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+
+from gateway.atomic import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +48,7 @@ def load_marks(path: Path) -> dict[str, int] | None:
 def save_marks(path: Path, marks: Mapping[str, int]) -> None:
     """Replace ``path`` with ``marks`` so that a power cut leaves either the old or the new file."""
     data = json.dumps({"format": FORMAT, "next_seq": dict(sorted(marks.items()))}, indent=0)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames and new files in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data.encode("utf-8"))
 
 
 def set_aside(db: Path, tag: str) -> Path | None:
