@@ -23,6 +23,7 @@ from gateway.atomic import fsync_dir, write_atomic
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
+SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 _DB_SUFFIXES = ("", "-wal", "-shm")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _WITNESS_LEN = 96  # fixed: every write replaces the whole content in place
@@ -49,6 +50,57 @@ def save_marks(path: Path, marks: Mapping[str, int]) -> None:
     """Replace ``path`` with ``marks`` so that a power cut leaves either the old or the new file."""
     data = json.dumps({"format": FORMAT, "next_seq": dict(sorted(marks.items()))}, indent=0)
     write_atomic(path, data.encode("utf-8"))
+
+
+class Marks:
+    """The marks this run keeps in ``seq.json``: device -> the lowest seq not yet reserved.
+
+    Every seq a commit gives (and so every one published) is below its device's mark: the store
+    reserves seqs in blocks of SEQ_RESERVE, fsynced before the commit that uses them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current: dict[str, int] = {}
+        self._rewrite = False  # the file was missing or unreadable: cover() writes it
+
+    def ahead_of(self, next_seq: Mapping[str, int], *, complete: bool) -> dict[str, int]:
+        """Read the file; return the devices whose seq must continue at their mark instead of the
+        database's ``next_seq`` (the database went back in time, or was lost). Where the database
+        is ``complete`` (the witness shows it lost no commit) only the devices it does not know."""
+        loaded = load_marks(self.path)
+        self.current, self._rewrite = loaded or {}, loaded is None
+        return {dev: seq for dev, seq in self.current.items()
+                if seq > next_seq.get(dev, 0) and not (complete and dev in next_seq)}
+
+    def cover(self, next_seq: Mapping[str, int]) -> None:
+        """After ``ahead_of``: raise the marks to the database's ``next_seq``; write the file if that
+        changed them or it was missing."""
+        marks = self.current
+        self.current = marks | {d: max(s, marks.get(d, 0)) for d, s in next_seq.items()}
+        if self._rewrite or marks != self.current:
+            save_marks(self.path, self.current)
+
+    def reserve(self, next_seq: Mapping[str, int]) -> None:
+        """Raise the marks (fsynced) before a commit would use seqs above them."""
+        over = {dev: seq for dev, seq in next_seq.items() if seq > self.current.get(dev, 0)}
+        if over:
+            marks = dict(self.current)
+            marks.update({dev: seq + SEQ_RESERVE for dev, seq in over.items()})
+            save_marks(self.path, marks)
+            self.current = marks
+
+    def trim(self, next_seq: Mapping[str, int]) -> None:
+        """Lower the marks to the seqs committed, so the next start continues without a gap.
+
+        Only after the last commit: every seq committed (and so every one published) is below
+        ``next_seq``, durable in the database, so a trimmed mark still covers it. Raises OSError
+        if the file cannot be written (the higher marks stay: safe, only a gap at the next start).
+        """
+        trimmed = {dev: next_seq.get(dev, mark) for dev, mark in self.current.items()}
+        if trimmed != self.current:
+            save_marks(self.path, trimmed)
+            self.current = trimmed
 
 
 def set_aside(db: Path, tag: str) -> Path | None:

@@ -19,9 +19,12 @@ from typing import Any
 import cbor2
 import pytest
 
+from gateway.buffer import seqfile
 from gateway.buffer import store as buffer_mod
+from gateway.buffer.pointsets import PRUNE_EVERY
 from gateway.buffer.queue import Buffer
-from gateway.buffer.store import PRUNE_EVERY, SEQ_RESERVE, Store
+from gateway.buffer.seqfile import SEQ_RESERVE
+from gateway.buffer.store import Store
 from gateway.model import Batch, PointSet, StoredBatch
 
 POINTS = PointSet(("temp", "hum", "ok", "label", "raw"), ("degC", "%", None, None, None))
@@ -366,13 +369,13 @@ async def test_marks_are_raised_before_the_commit_that_needs_them(
         make: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     buf = await make()
     writes: list[dict[str, int]] = []
-    real = buffer_mod.save_marks
+    real = seqfile.save_marks
 
     def spy(path: Path, marks: dict[str, int]) -> None:
         writes.append(dict(marks))
         real(path, marks)
 
-    monkeypatch.setattr(buffer_mod, "save_marks", spy)
+    monkeypatch.setattr(seqfile, "save_marks", spy)
     for i in range(100):  # 100 commits of 5 readings: one reservation covers them all
         buf.put(batch(base=i))
         await buf.flush()
@@ -383,11 +386,11 @@ async def test_marks_are_raised_before_the_commit_that_needs_them(
     def failing(path: Path, marks: dict[str, int]) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(buffer_mod, "save_marks", failing)
+    monkeypatch.setattr(seqfile, "save_marks", failing)
     buf.put(batch(n=SEQ_RESERVE))  # would cross the mark: the commit must not happen
     await buf.flush()
     assert buf.stats().state == "degraded" and len(await drain(buf)) == 100
-    monkeypatch.setattr(buffer_mod, "save_marks", real)
+    monkeypatch.setattr(seqfile, "save_marks", real)
     await buf.flush()
     assert buf.stats().state == "ok" and len(await drain(buf)) == 101
 
@@ -573,7 +576,8 @@ async def test_point_sets_no_stored_batch_uses_are_pruned(make: Callable[..., An
         await poll_and_ack(PointSet((f"changed{i}", "b"), (None, None)), i)
 
     def sizes(s: Store) -> tuple[int, int, int]:
-        return s.conn.execute("SELECT count(*) FROM pointset").fetchone()[0], len(s.ps_ids), len(s.ps_info)
+        stored = s.conn.execute("SELECT count(*) FROM pointset").fetchone()[0]
+        return stored, len(s.pointsets.ids), len(s.pointsets.info)
 
     assert (await buf._call(sizes))[0] > PRUNE_EVERY
     for i in range(2 * PRUNE_EVERY):
