@@ -34,9 +34,6 @@ class PointSets:
         self.last: dict[int, int] = {}  # the last row that used each point set
         self.mark = 0  # a point set no row used from this row on goes at the next prune pass
 
-    def __len__(self) -> int:
-        return len(self.info)
-
     def __getitem__(self, ps_id: int) -> tuple[str, PointSet]:
         """The device and points of point set ``ps_id``; KeyError if there is none."""
         return self.info[ps_id]
