@@ -2,9 +2,10 @@
 
 ``put`` only appends to a list on the event loop. Every ``commit_interval`` (sooner when a
 quarter of the in-memory bound waits and the disk is ok) the waiting batches and the acks go to
-the database in one fsynced transaction, on the one writer thread that owns the only connection. Seqs are assigned in
-that transaction; the per-device high-water marks in ``seq.json`` are raised first, so a seq never
-stands for two readings, even if the file is lost.
+the database in one fsynced transaction, on the one writer thread that owns the only connection.
+Seqs are assigned in that transaction; the per-device high-water marks in ``seq.json`` are raised
+first, so a seq never stands for two readings, even if the file is lost. How much may wait in
+memory, and when polling holds back, is the buffer's flow control (gateway.buffer.flow).
 
 What a commit stored is also kept in memory (``_fresh``) until acked: a publisher that keeps up is
 served from there without a query, and reads the database only to catch up on an older backlog.
@@ -19,28 +20,23 @@ The SQLite side (schema, commits, eviction, recovery) is gateway.buffer.store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import sqlite3
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gateway.buffer.flow import Flow
 from gateway.buffer.store import FIRST_SEQ, FS_RESERVE, FS_SLACK, Counts, Store, is_corrupt
 from gateway.model import Batch, StoredBatch
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Share of the event loop thread's time on CPU from which a publisher falling behind means the
-# gateway lacks CPU (polls are then skipped); below it, the link is what is slow (readings are kept).
-BUSY = 0.5
 # Passes of the event loop a commit on its grid lets run first: polls due at the same instant
 # (gateway.poll.scheduler puts them on the grids of their intervals) hand over their batches in them.
 POLL_PASSES = 2
@@ -62,7 +58,8 @@ class Buffer:
     """The durable store-and-forward queue between the scheduler and the publisher.
 
     ``put``, ``ack``, ``stats`` and ``next_seq`` are plain calls on the event loop and never
-    touch the disk; ``open``, ``fetch``, ``flush`` and ``close`` await the writer thread.
+    touch the disk; ``open``, ``fetch``, ``flush`` and ``close`` await the writer thread. ``flow``
+    is its flow control: what the scheduler asks whether to poll (``congested``, ``relief``).
     """
 
     def __init__(self, data_dir: Path, *, max_bytes: int, commit_interval: float,
@@ -71,34 +68,24 @@ class Buffer:
         self.on_state_change: Callable[[], None] | None = None  # degraded <-> ok: republish the status
         self._data_dir, self._max_bytes, self._fs_reserve = Path(data_dir), max_bytes, fs_reserve
         self._interval, self._max_pending = commit_interval, max_pending_readings
+        self.flow = Flow(max_pending_readings, commit_interval, lambda: self._state == "ok")
         self._store: Store | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._timer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one commit at a time
         self._commits: set[asyncio.Task[None]] = set()
         self._counts = Counts()
-        self._waiting: deque[Batch] = deque()  # put, not yet handed to a commit
-        self._waiting_n = self._inflight_n = 0  # readings waiting / in the commit now running
-        self._commit_soon = asyncio.Event()  # a quarter of max_pending_readings waits: commit now
         # Committed, un-acked batches by row, oldest first: every such row >= _fresh_from is here.
         self._fresh: dict[int, StoredBatch] = {}
         self._fresh_n = 0  # readings in _fresh
         self._fresh_from = 0
-        self._relief = asyncio.Event()  # set (and replaced) after a commit attempt or when the lag eased
-        # The publisher's lag: readings committed in this run in rows above _handed_row (the highest
-        # row a fetch returned), not yet handed to it. Past half the bound polls are skipped.
-        self._lag_n = 0
-        self._handed_row = 0
-        self._gated = False  # congested() said yes for the lag: fetch relieves when it eases
-        self._busy = 0.0  # share of the event loop thread's time on CPU over the last commit interval
         self._acks: set[int] = set()  # acked, not yet handed to a commit
         self._acks_inflight: frozenset[int] = frozenset()
         self._aside: dict[int, str] = {}  # row -> why it cannot be sent; also in _acks (see quarantine)
-        self._dropped = 0  # dropped while the disk stalled, not yet added to meta's evicted
         self._recovered = 0
         self._corrupt: BaseException | None = None  # the file is corrupt: move it aside before using it
         self._generation = 0  # files started in this run (a fetch that failed on an older one just retries)
-        self._closed = self._dropping = self._evicting = False
+        self._closed = self._evicting = False
         self._bad_devices: set[str] = set()  # devices whose unencodable batch was logged
         self._state: Literal["ok", "degraded"] = "ok"
         self._reason: str | None = None
@@ -117,7 +104,7 @@ class Buffer:
         self._counts = Counts(store.pending, store.bytes, store.evicted, dict(store.next_seq),
                                quarantined=store.quarantined)
         self._fresh_from = store.next_row  # older rows are read from the database
-        self._handed_row = store.next_row - 1
+        self.flow.handed_row = store.next_row - 1
         self._recovered += store.recovered
         self._timer = asyncio.create_task(self._tick(), name="buffer-commit")
 
@@ -125,13 +112,7 @@ class Buffer:
         """Queue ``batch`` for the next commit. Never blocks; sheds the oldest if the disk stalls."""
         if self._closed:
             raise RuntimeError("buffer is closed")
-        self._waiting.append(batch)
-        self._waiting_n += len(batch.values)
-        if self._waiting_n >= self._max_pending // 4:
-            if self._state == "ok":  # a failing disk is retried on the grid, not on every put
-                self._commit_soon.set()
-            if self._waiting_n + self._inflight_n > self._max_pending:
-                self._shed()
+        self.flow.put(batch)
 
     async def fetch(self, after_row: int, max_readings: int) -> list[StoredBatch]:
         """Committed, unacked batches with row > ``after_row``, in row order.
@@ -140,7 +121,7 @@ class Buffer:
         one if any exists. Raises sqlite3.Error if the database cannot be read.
         """
         if after_row >= self._fresh_from - 1:  # every un-acked row after it is in memory
-            return self._handed(self._fetch_fresh(after_row, max_readings))
+            return self.flow.handed(self._fetch_fresh(after_row, max_readings))
         skip = frozenset(self._acks | self._acks_inflight)
         generation = self._generation
         try:
@@ -155,18 +136,7 @@ class Buffer:
             got = await self._run(Store.fetch, self._store, after_row, max_readings, skip)
         if self._acks or self._acks_inflight:  # acked while the query ran
             got = [b for b in got if b.row not in self._acks and b.row not in self._acks_inflight]
-        return self._handed(got)
-
-    def _handed(self, got: list[StoredBatch]) -> list[StoredBatch]:
-        """Take the batches handed to the publisher off its lag; relieve the gate once it eased."""
-        for batch in got:
-            if batch.row > self._handed_row:
-                self._handed_row = batch.row
-                self._lag_n -= len(batch.values)
-        if self._gated and self._lag_n <= self._max_pending // 2:
-            self._gated = False
-            self._relieve()
-        return got
+        return self.flow.handed(got)
 
     def _fetch_fresh(self, after_row: int, max_readings: int) -> list[StoredBatch]:
         out: list[StoredBatch] = []
@@ -225,9 +195,9 @@ class Buffer:
         try:
             async with asyncio.timeout(timeout):
                 await self._commit()
-                if self._waiting_n:
+                if self.flow.waiting:
                     logger.error("buffer: closing with %d readings that could not be committed (lost)",
-                                 self._waiting_n)
+                                 self.flow.waiting)
                 await self._run(self._store.close)
         except TimeoutError:
             gave_up = True
@@ -241,45 +211,13 @@ class Buffer:
     def uncommitted(self) -> tuple[int, int]:
         """(readings put but not committed, acked rows not yet deleted): what a power cut now would
         cost (the acked rows would be sent again)."""
-        return self._waiting_n + self._inflight_n, len(self._acks) + len(self._acks_inflight)
-
-    def congested(self, *, publishing: bool = False) -> bool:
-        """True while commits succeed but the pipeline is past its capacity: more than half the
-        in-memory bound waits for a commit, or (``publishing``: the broker is connected) the event
-        loop's thread is busy (BUSY of its time over the last commit interval: the lag is for want
-        of CPU here, not of link) and the publisher lags more than half the bound behind the
-        readings committed in this run (so a publisher that keeps up is served from memory).
-
-        The scheduler then skips polls (counted as overruns) instead of making readings the buffer
-        would have to drop or that would only pile up: past its capacity, the gateway reads less
-        rather than losing more. A backlog that grows while the broker is away or the link is
-        slow never stops polling, nor does an older one (from before a restart) while it drains.
-        """
-        if self._state != "ok":
-            return False
-        if self._waiting_n + self._inflight_n > self._max_pending // 2:
-            return True
-        if publishing and self._busy >= BUSY and self._lag_n > self._max_pending // 2:
-            self._gated = True
-            return True
-        return False
-
-    async def relief(self) -> None:
-        """Return after the next commit attempt or once the publisher's lag eased (when congestion
-        may be over), or after commit_interval: what a skipped poll waits for instead of waking at
-        every interval."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._relief.wait(), self._interval)
-
-    def _relieve(self) -> None:
-        self._relief.set()
-        self._relief = asyncio.Event()
+        return self.flow.uncommitted, len(self._acks) + len(self._acks_inflight)
 
     def stats(self) -> BufferStats:
         """Counters from memory; cheap enough for every status report."""
         c = self._counts
-        return BufferStats(self._state, self._reason, c.pending + self._waiting_n + self._inflight_n,
-                           c.evicted + self._dropped, c.bytes, self._recovered, c.quarantined)
+        return BufferStats(self._state, self._reason, c.pending + self.flow.uncommitted,
+                           c.evicted + self.flow.dropped, c.bytes, self._recovered, c.quarantined)
 
     def next_seq(self, device: str) -> int:
         """The seq the next committed reading of ``device`` will get (seqs are given at commit).
@@ -294,32 +232,27 @@ class Buffer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    async def _call(self, fn: Callable[[Store], T]) -> T:
-        """Run ``fn(store)`` on the writer thread (a test hook)."""
-        return await self._run(fn, self._store)
-
     async def _tick(self) -> None:
         """Commit on a fixed grid of commit_interval, and at once when put() asks (commit_soon)."""
         loop = asyncio.get_running_loop()
         # On the commit interval's grid of the monotonic clock, in the same wake-up as the polls
         # due then (they run on the grids of their intervals, gateway.poll.scheduler), just after them.
         due = math.ceil(loop.time() / self._interval) * self._interval
-        since, cpu = loop.time(), time.thread_time()
+        self.flow.sample_load(loop.time())
         while True:
             try:
                 async with asyncio.timeout_at(due):
-                    await self._commit_soon.wait()
+                    await self.flow.commit_soon.wait()
             except TimeoutError:
                 for _ in range(POLL_PASSES):
                     await asyncio.sleep(0)
-            self._commit_soon.clear()
+            self.flow.commit_soon.clear()
             try:
                 await self._commit()
             except Exception:  # a bug here must not stop committing for good
                 logger.exception("buffer: commit failed unexpectedly")
             now = loop.time()
-            if now - since >= min(self._interval, 1.0):  # the loop thread's load, for congested()
-                self._busy, since, cpu = (time.thread_time() - cpu) / (now - since), now, time.thread_time()
+            self.flow.sample_load(now)  # the loop thread's load, for congested()
             while due <= now:  # a commit longer than the interval: the next one starts at once
                 due += self._interval
 
@@ -334,25 +267,21 @@ class Buffer:
         try:
             await self._commit_body()
         finally:
-            self._relieve()
+            self.flow.relieve()
 
     async def _commit_body(self) -> None:
         async with self._lock:
-            if not (self._waiting or self._acks or self._dropped) or self._store is None:
+            if not (self.flow.batches or self._acks or self.flow.dropped) or self._store is None:
                 return
-            batches, dropped = list(self._waiting), self._dropped
-            self._waiting.clear()
-            self._inflight_n, self._waiting_n = self._waiting_n, 0
+            batches, dropped = self.flow.take()
             acks = self._acks_inflight = frozenset(self._acks)
             self._acks, aside, self._aside = set(), self._aside, {}
             try:
                 done = await self._store_commit(batches, acks, dropped, aside)
             except Exception as exc:  # disk full, I/O error, seq.json unwritable: keep all, retry
-                self._waiting.extendleft(reversed(batches))
-                self._waiting_n, self._inflight_n = self._waiting_n + self._inflight_n, 0
                 self._acks, self._acks_inflight = self._acks | acks, frozenset()
                 self._aside = aside | self._aside
-                self._shed()
+                self.flow.give_back(batches)
                 self._set_state("degraded", f"commit failed: {exc}")
                 return
             self._committed(done, dropped)
@@ -385,18 +314,17 @@ class Buffer:
             self.on_state_change()
 
     def _committed(self, done: Counts, dropped: int) -> None:
-        self._counts, self._dropped = done, self._dropped - dropped
+        self._counts = done
+        self.flow.committed(dropped, done.stored)
         self._keep_fresh(done)
-        self._inflight_n, self._acks_inflight = 0, frozenset()
+        self._acks_inflight = frozenset()
         for device, n, why in done.unencodable:
             if device not in self._bad_devices:
                 self._bad_devices.add(device)
                 logger.error("buffer: a batch of device %s cannot be encoded (%s); dropped %d readings"
                              " (counted as evicted; logged once per device)", device, why, n)
         self._set_state("ok", None)
-        if self._dropping and self._waiting_n <= self._max_pending:
-            self._dropping = False
-            logger.warning("buffer: commits succeed again; stopped dropping readings")
+        self.flow.end_dropping()
         if done.evicted_now and not self._evicting:
             cap = (f"filesystem's limit (it keeps {self._fs_reserve >> 20} MB free)" if done.fs_limited
                    else f"{self._max_bytes}-byte cap")
@@ -415,29 +343,14 @@ class Buffer:
         database still has them)."""
         fresh = self._fresh
         for batch in done.stored:
-            n = len(batch.values)
             fresh[batch.row] = batch
-            self._fresh_n += n
-            self._lag_n += n
-        if done.evicted_upto > self._handed_row:  # readings evicted before the publisher got them
-            self._handed_row = done.evicted_upto
-            self._lag_n = sum(len(b.values) for row, b in fresh.items() if row > done.evicted_upto)
+            self._fresh_n += len(batch.values)
+        self.flow.evicted(done.evicted_upto, fresh)  # readings evicted before the publisher got them
         while fresh and (self._fresh_n > self._max_pending or next(iter(fresh)) <= done.evicted_upto):
             row, batch = next(iter(fresh.items()))
             del fresh[row]
             self._fresh_n -= len(batch.values)
             self._fresh_from = max(self._fresh_from, row + 1)
-
-    def _shed(self) -> None:
-        """Drop the oldest waiting batches while more than max_pending_readings are uncommitted."""
-        while self._waiting and self._waiting_n + self._inflight_n > self._max_pending:
-            b = self._waiting.popleft()
-            n = len(b.values)
-            self._waiting_n, self._dropped = self._waiting_n - n, self._dropped + n
-            if not self._dropping:
-                self._dropping = True
-                logger.warning("buffer: more than %d readings waiting for the disk; dropping the oldest"
-                               " (counted as evicted)", self._max_pending)
 
     def _set_state(self, state: Literal["ok", "degraded"], reason: str | None) -> None:
         if state == "degraded" and self._state == "ok":

@@ -3,9 +3,9 @@ commit, setting a bad database file aside, and the room the filesystem leaves it
 
 The buffer database can be lost (deleted, moved aside because it is corrupt, restored from an older
 copy, or cut back to an older state by a lost WAL); these marks cannot, so a seq once committed is
-never handed to another reading. The file is replaced atomically (write a temp file, fsync, rename,
-fsync the directory) and only when a device crosses its mark, which the buffer raises in blocks so
-the file is rarely written; a clean close trims it back to what was committed.
+never handed to another reading. The file is replaced atomically (gateway.atomic.write_atomic) and
+only when a device crosses its mark, which the buffer raises in blocks so the file is rarely
+written; a clean close trims it back to what was committed.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.atomic import fsync_dir, write_atomic
+
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
+SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 _DB_SUFFIXES = ("", "-wal", "-shm")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _WITNESS_LEN = 96  # fixed: every write replaces the whole content in place
@@ -46,22 +49,58 @@ def load_marks(path: Path) -> dict[str, int] | None:
 def save_marks(path: Path, marks: Mapping[str, int]) -> None:
     """Replace ``path`` with ``marks`` so that a power cut leaves either the old or the new file."""
     data = json.dumps({"format": FORMAT, "next_seq": dict(sorted(marks.items()))}, indent=0)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, data.encode("utf-8"))
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames and new files in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class Marks:
+    """The marks this run keeps in ``seq.json``: device -> the lowest seq not yet reserved.
+
+    Every seq a commit gives (and so every one published) is below its device's mark: the store
+    reserves seqs in blocks of SEQ_RESERVE, fsynced before the commit that uses them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current: dict[str, int] = {}
+        self._rewrite = False  # the file was missing or unreadable: cover() writes it
+
+    def ahead_of(self, next_seq: Mapping[str, int], *, complete: bool) -> dict[str, int]:
+        """Read the file; return the devices whose seq must continue at their mark instead of the
+        database's ``next_seq`` (the database went back in time, or was lost). Where the database
+        is ``complete`` (the witness shows it lost no commit) only the devices it does not know."""
+        loaded = load_marks(self.path)
+        self.current, self._rewrite = loaded or {}, loaded is None
+        return {dev: seq for dev, seq in self.current.items()
+                if seq > next_seq.get(dev, 0) and not (complete and dev in next_seq)}
+
+    def cover(self, next_seq: Mapping[str, int]) -> None:
+        """After ``ahead_of``: raise the marks to the database's ``next_seq``; write the file if that
+        changed them or it was missing."""
+        marks = self.current
+        self.current = marks | {d: max(s, marks.get(d, 0)) for d, s in next_seq.items()}
+        if self._rewrite or marks != self.current:
+            save_marks(self.path, self.current)
+
+    def reserve(self, next_seq: Mapping[str, int]) -> None:
+        """Raise the marks (fsynced) before a commit would use seqs above them."""
+        over = {dev: seq for dev, seq in next_seq.items() if seq > self.current.get(dev, 0)}
+        if over:
+            marks = dict(self.current)
+            marks.update({dev: seq + SEQ_RESERVE for dev, seq in over.items()})
+            save_marks(self.path, marks)
+            self.current = marks
+
+    def trim(self, next_seq: Mapping[str, int]) -> None:
+        """Lower the marks to the seqs committed, so the next start continues without a gap.
+
+        Only after the last commit: every seq committed (and so every one published) is below
+        ``next_seq``, durable in the database, so a trimmed mark still covers it. Raises OSError
+        if the file cannot be written (the higher marks stay: safe, only a gap at the next start).
+        """
+        trimmed = {dev: next_seq.get(dev, mark) for dev, mark in self.current.items()}
+        if trimmed != self.current:
+            save_marks(self.path, trimmed)
+            self.current = trimmed
 
 
 def set_aside(db: Path, tag: str) -> Path | None:

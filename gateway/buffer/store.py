@@ -1,9 +1,5 @@
-"""The buffer's SQLite side, run only on the buffer's writer thread (see gateway.buffer.queue).
-
-``put`` only appends to a list on the event loop. About every ``commit_interval`` the waiting
-batches and the acks go to the database in one fsynced transaction, on the one writer thread that
-owns the only connection. Seqs are assigned in that transaction; the per-device high-water marks
-in ``seq.json`` are raised first, so a seq never stands for two readings, even if the file is lost.
+"""The buffer's SQLite side, run only on the buffer's writer thread (see gateway.buffer.queue):
+one connection, one fsynced transaction per commit, seqs assigned in it.
 
 On disk (``buffer.db``, WAL mode, synchronous=FULL)::
 
@@ -21,14 +17,14 @@ A row is one batch; its device and point names live once in ``pointset``. A comm
 pages (the last batch page, and meta): what it writes to flash is mostly the payload. Row ids come
 from meta's next_row, so they keep growing when the table empties and ``after_row`` skips nothing.
 A batch the publisher cannot encode is moved to ``quarantine`` (its bytes still count against
-``max_bytes``, and the cap evicts set-aside rows before any reading still to be sent).
-Point sets no stored row uses are pruned every PRUNE_EVERY commits (stored rows are counted per
-point set in memory as they come and go; one not used since the last pass is kept no longer).
+``max_bytes``, and the cap evicts set-aside rows before any reading still to be sent: see
+gateway.buffer.cap). Point sets no stored row uses are pruned (gateway.buffer.pointsets).
 
 Seqs resume above both the database and ``seq.json``: the database may have gone back in time (an
-older copy put back, a lost WAL) while the marks, reserved and fsynced before use, cannot have. After
-a crash of the process alone the witness (gateway.buffer.seqfile.Witness) shows that the database lost
-nothing, and a clean close trims the marks to what was committed: then seq continues without a gap.
+older copy put back, a lost WAL) while the marks (gateway.buffer.seqfile.Marks), reserved and fsynced
+before use, cannot have. After a crash of the process alone the witness (seqfile.Witness) shows that
+the database lost nothing, and a clean close trims the marks to what was committed: then seq
+continues without a gap.
 """
 
 from __future__ import annotations
@@ -39,15 +35,16 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cbor2
 
-from gateway.buffer.seqfile import Witness, boot_id, fs_allowance, load_marks, save_marks, set_aside
+from gateway.buffer.cap import Cap, live_bytes
+from gateway.buffer.pointsets import PointSets
+from gateway.buffer.seqfile import Marks, Witness, boot_id, set_aside
 from gateway.model import Batch, PointSet, StoredBatch
 
 logger = logging.getLogger("gateway.buffer.queue")  # one log name for the buffer and its store
@@ -57,11 +54,8 @@ MARKS_NAME = "seq.json"
 WITNESS_NAME = "seq.witness"
 FORMAT = 1
 FIRST_SEQ = 1  # a device's first reading; next_seq - 1 is then "the last seq committed" (0: none)
-SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 CHECKPOINT_EVERY = 60  # commits between wal_checkpoint(TRUNCATE)
-PRUNE_EVERY = 60  # commits between passes that delete the point sets no stored row uses
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
-EVICT_CHUNK = 256
 # Small pages: a commit rewrites every page it touches (the last data page, meta, page 1, the
 # freelist) in the WAL and again at the checkpoint, so the page size is what a commit costs the
 # SD card beyond its payload: 1 KiB pages write about a quarter less per reading than 4 KiB ones.
@@ -95,15 +89,12 @@ COMMIT;
 """
 _DELETE_ACKED = ("DELETE FROM batch WHERE row IN (SELECT value FROM json_each(?))"
                  " RETURNING n, length(v) + ifnull(length(e), 0), ps")
-_LIVE_BYTES = ("SELECT (page_count - freelist_count) * page_size"
-               " FROM pragma_page_count, pragma_freelist_count, pragma_page_size")
 # Copies batch rows (a JSON object: row -> reason) with their device and point names into quarantine.
 _SET_ASIDE = ("INSERT INTO quarantine SELECT b.row, p.device, b.seq0, b.n, b.ts, p.names_units, b.v, b.e, b.c,"
               " r.value FROM json_each(?) AS r JOIN batch AS b ON b.row = CAST(r.key AS INTEGER)"
               " JOIN pointset AS p ON p.id = b.ps RETURNING n, length(v) + ifnull(length(e), 0)")
 _UPSERT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
-T = TypeVar("T")
 # device, points, seq0, n, ts, v, e, c (c: the reading's clock while the wall clock was not synced)
 _Row = tuple[str, PointSet, int, int, int, bytes, bytes | None, bytes | None]
 _dumps = functools.partial(cbor2.dumps, canonical=True)  # canonical: shortest exact float
@@ -145,16 +136,13 @@ class Store:
 
     def __init__(self, data_dir: Path, max_bytes: int, fs_reserve: int = FS_RESERVE) -> None:
         """Open (or create) the database; a corrupt one is set aside and a fresh one started."""
-        self.path, self.marks_path, self.max_bytes = data_dir / DB_NAME, data_dir / MARKS_NAME, max_bytes
-        self.fs_reserve, self.fs_limited, self.fs_headroom, self.fs_floor = fs_reserve, False, 0, 0
-        self.ps_ids: dict[tuple[str, PointSet], int] = {}
-        self.ps_info: dict[int, tuple[str, PointSet]] = {}
-        self.ps_rows: Counter[int] = Counter()  # stored rows per point set
-        self.ps_last: dict[int, int] = {}  # the last row that used each point set
+        self.path, self.marks_path = data_dir / DB_NAME, data_dir / MARKS_NAME
+        self.cap = Cap(self.path, max_bytes, fs_reserve)
+        self.pointsets = PointSets()
         self.next_seq: dict[str, int] = {}
-        self.marks: dict[str, int] = {}
-        self.pending = self.bytes = self.evicted = self.commits = self.next_row = self.evicted_upto = 0
-        self.quarantined = self.db_id = self.prune_mark = 0
+        self.marks = Marks(self.marks_path)
+        self.pending = self.bytes = self.evicted = self.commits = self.next_row = 0
+        self.quarantined = self.db_id = 0
         data_dir.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() and (orphan := set_aside(self.path, "orphan")):
             logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
@@ -188,7 +176,7 @@ class Store:
         return conn
 
     def _load(self, conn: sqlite3.Connection) -> None:
-        self.ps_ids, self.ps_info, self.ps_rows, self.ps_last = {}, {}, Counter(), {}  # forget a bad file
+        self.pointsets = PointSets()  # forget a bad file
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new database
         if (mode := conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL mode (got {mode!r})")
@@ -204,31 +192,19 @@ class Store:
             raise RuntimeError(f"{self.path}: unknown buffer format {meta['format']}")
         self.pending, self.bytes, self.evicted = meta["pending"], meta["bytes"], meta["evicted"]
         self.next_row, self.quarantined, self.db_id = meta["next_row"], meta["quarantined"], meta["id"]
-        self.prune_mark = self.next_row  # a point set unused from here on goes at the next prune pass
         self.next_seq = {key[4:]: seq for key, seq in meta.items() if key.startswith("seq:")}
-        for ps_id, device, blob in conn.execute("SELECT id, device, names_units FROM pointset"):
-            try:
-                points = PointSet(*(tuple(x) for x in cbor2.loads(blob)))
-            except (cbor2.CBORError, ValueError, TypeError) as exc:
-                raise _CorruptError(f"point set {ps_id} unreadable: {exc}") from exc
-            self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
-        for ps_id, rows, last in conn.execute("SELECT ps, count(*), max(row) FROM batch GROUP BY ps"):
-            if ps_id not in self.ps_info:
-                raise _CorruptError(f"rows of an unknown point set {ps_id}")
-            self.ps_rows[ps_id], self.ps_last[ps_id] = rows, last
+        try:
+            self.pointsets.load(conn, self.next_row)
+        except ValueError as exc:
+            raise _CorruptError(str(exc)) from exc
 
     def _reconcile_marks(self, *, complete: bool) -> None:
         """Continue each device's seq above the highest of the database and the marks; rebuild marks.
 
         The marks are reserved and fsynced before a commit uses them, so they cover everything ever
-        published, also when the database went back in time. Where the database is ``complete``
-        (the witness shows it lost no commit) only the devices it does not know take the marks.
+        published, also when the database went back in time (see Marks.ahead_of).
         """
-        loaded = load_marks(self.marks_path)
-        marks = loaded or {}
-        ahead = {dev: seq for dev, seq in marks.items()
-                 if seq > self.next_seq.get(dev, 0) and not (complete and dev in self.next_seq)}
-        if ahead:
+        if ahead := self.marks.ahead_of(self.next_seq, complete=complete):
             with self.conn:  # autocommit mode: the context manager does BEGIN ... COMMIT
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.executemany(_UPSERT_META, [(f"seq:{dev}", seq) for dev, seq in ahead.items()])
@@ -236,31 +212,17 @@ class Store:
             logger.warning("buffer: the database %s is behind the seq marks in %s for %d devices (a power cut,"
                            " a copy put back or lost writes); their seq continues above the marks",
                            self.path, self.marks_path, len(ahead))
-        self.marks = marks | {d: max(s, marks.get(d, 0)) for d, s in self.next_seq.items()}
-        if loaded is None or marks != self.marks:
-            save_marks(self.marks_path, self.marks)
+        self.marks.cover(self.next_seq)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file, trim the marks to it and close the connection."""
         self._checkpoint()
-        self._trim_marks()
+        try:
+            self.marks.trim(self.next_seq)
+        except OSError as exc:  # the higher marks stay: safe, only a gap at the next start
+            logger.warning("buffer: seq marks %s not trimmed: %s", self.marks_path, exc)
         self.witness.close()
         self.conn.close()
-
-    def _trim_marks(self) -> None:
-        """Lower the marks to the seqs committed, so the next start continues without a gap.
-
-        Only after the last commit: every seq committed (and so every one published) is below
-        ``next_seq``, durable in the database, so a trimmed mark still covers it.
-        """
-        trimmed = {dev: self.next_seq.get(dev, mark) for dev, mark in self.marks.items()}
-        if trimmed != self.marks:
-            try:
-                save_marks(self.marks_path, trimmed)
-            except OSError as exc:  # the higher marks stay: safe, only a gap at the next start
-                logger.warning("buffer: seq marks %s not trimmed: %s", self.marks_path, exc)
-                return
-            self.marks = trimmed
 
     def _checkpoint(self) -> None:
         try:
@@ -275,19 +237,20 @@ class Store:
         encoded, kept, next_seq, unencodable = self._encode(batches)
         if aside:
             acks = {*acks, *aside}
-        self._reserve(next_seq)
-        ps_ids = [self.ps_ids.get((dev, ps)) or self._add_pointset(dev, ps) for dev, ps, *_ in encoded]
+        self.marks.reserve(next_seq)
+        pointsets, prune_pass = self.pointsets, PointSets.pass_due(self.commits)
+        ps_ids = [pointsets.id_of(self.conn, dev, ps, self.next_row) for dev, ps, *_ in encoded]
+        prune = pointsets.unused(ps_ids) if prune_pass else []
         lost = dropped + sum(n for _, n, _ in unencodable)
         released: list[int] = []  # the point sets of the rows this commit deletes
-        prune = self._unused_pointsets(ps_ids) if (self.commits + 1) % PRUNE_EVERY == 0 else []
         with self.conn:  # COMMIT, or ROLLBACK on any error (also when COMMIT itself fails)
             self.conn.execute("BEGIN IMMEDIATE")
             set_aside, aside_bytes = self._set_aside(aside) if aside else (0, 0)
             pending, size, evicted_now = self._write(encoded, ps_ids, acks, next_seq, lost, released, aside_bytes)
             if prune:
-                self.conn.execute("DELETE FROM pointset WHERE id IN (SELECT value FROM json_each(?))",
-                                  (json.dumps(prune),))
-        self._count_pointsets(ps_ids, released, prune)
+                pointsets.delete(self.conn, prune)
+        pointsets.committed(enumerate(ps_ids, self.next_row), released, prune,
+                            pass_at=self.next_row if prune_pass else None)
         if encoded:  # before the publisher can see these rows: a crash now keeps their seqs
             self.witness.write(self.db_id, self.next_row + len(encoded))
         self.next_seq.update(next_seq)
@@ -301,8 +264,8 @@ class Store:
         if self.commits % CHECKPOINT_EVERY == 0:
             self._checkpoint()
         return Counts(self.pending, self.bytes, self.evicted, dict(self.next_seq), len(encoded),
-                       evicted_now, tuple(unencodable), self.fs_limited, self.fs_headroom, stored,
-                       self.evicted_upto, self.quarantined)
+                       evicted_now, tuple(unencodable), self.cap.fs_limited, self.cap.fs_headroom, stored,
+                       self.cap.evicted_upto, self.quarantined)
 
     def _encode(self, batches: Sequence[Batch]) -> tuple[list[_Row], list[Batch], dict[str, int], list[Any]]:
         """Pack each batch and give it its seqs, in put order; set aside what CBOR cannot encode."""
@@ -325,15 +288,6 @@ class Store:
             kept.append(b)
         return out, kept, next_seq, unencodable
 
-    def _reserve(self, next_seq: dict[str, int]) -> None:
-        """Raise the marks in seq.json (fsynced) before a commit would use seqs above them."""
-        over = {dev: seq for dev, seq in next_seq.items() if seq > self.marks.get(dev, 0)}
-        if over:
-            marks = dict(self.marks)
-            marks.update({dev: seq + SEQ_RESERVE for dev, seq in over.items()})
-            save_marks(self.marks_path, marks)
-            self.marks = marks
-
     def _set_aside(self, aside: Mapping[int, str]) -> tuple[int, int]:
         """Copy the rows of ``aside`` into quarantine (the acks then delete them from batch);
         return the readings and the payload bytes moved (they stay in the buffer's bytes)."""
@@ -349,7 +303,7 @@ class Store:
         """The body of a commit transaction; returns the new pending, bytes and readings evicted, and
         adds the point set of each row it deletes to ``released``. ``aside_bytes``: bytes of acked
         rows that stay stored (moved to quarantine)."""
-        conn, stored = self.conn, self._live_bytes()
+        conn, stored = self.conn, live_bytes(self.conn)
         conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(self.next_row + i, ps_id, *rest)
                           for i, (ps_id, (_, _, *rest)) in enumerate(zip(ps_ids, encoded, strict=True))])
@@ -359,90 +313,12 @@ class Store:
             for n, nbytes, ps_id in conn.execute(_DELETE_ACKED, (json.dumps(list(acks)),)).fetchall():
                 pending, size = pending - n, size - nbytes
                 released.append(ps_id)
-        evicted_n, evicted_b = self._evict(size, stored, released)
+        evicted_n, evicted_b = self.cap.evict(conn, size, stored, released)
         pending, size = pending - evicted_n, size - evicted_b
         conn.executemany(_UPSERT_META, [
             ("pending", pending), ("bytes", size), ("evicted", self.evicted + lost + evicted_n),
             ("next_row", self.next_row + len(encoded)), *((f"seq:{d}", s) for d, s in next_seq.items())])
         return pending, size, evicted_n
-
-    def _add_pointset(self, device: str, points: PointSet) -> int:
-        """Store a device's new point set once, in its own (autocommit) transaction."""
-        blob = _dumps([list(points.names), list(points.units)])
-        ps_id = self.conn.execute("INSERT INTO pointset(device, names_units) VALUES (?, ?)",
-                                  (device, blob)).lastrowid or 0
-        self.ps_ids[(device, points)], self.ps_info[ps_id] = ps_id, (device, points)
-        self.ps_last[ps_id] = self.next_row  # new: kept at least until the prune pass after next
-        return ps_id
-
-    def _unused_pointsets(self, using: list[int]) -> list[int]:
-        """Point sets no stored row uses and no commit used since the last prune pass (so a device's
-        current ones stay): a pass every PRUNE_EVERY commits, its cost the number of point sets."""
-        keep = set(using)
-        return [ps_id for ps_id in self.ps_info
-                if self.ps_rows[ps_id] == 0 and self.ps_last.get(ps_id, 0) < self.prune_mark
-                and ps_id not in keep]
-
-    def _count_pointsets(self, stored: list[int], released: list[int], pruned: list[int]) -> None:
-        """After a commit: count the rows it stored and deleted per point set; forget the pruned."""
-        for i, ps_id in enumerate(stored):
-            self.ps_rows[ps_id] += 1
-            self.ps_last[ps_id] = self.next_row + i
-        self.ps_rows.subtract(released)
-        for ps_id in pruned:
-            device, points = self.ps_info.pop(ps_id)
-            if self.ps_ids.get((device, points)) == ps_id:
-                del self.ps_ids[(device, points)]
-            self.ps_rows.pop(ps_id, None)
-            self.ps_last.pop(ps_id, None)
-        if (self.commits + 1) % PRUNE_EVERY == 0:  # a pass: next time, what went unused since
-            self.prune_mark = self.next_row
-
-    def _evict(self, size: int, stored: int, released: list[int]) -> tuple[int, int]:
-        """Delete the oldest rows until the payload fits in max_bytes and the live pages in what the
-        filesystem can give, or in ``stored`` (live bytes before the commit) if that is more; return
-        readings, bytes. Evicted pages stay in the file for later commits: a filesystem filled by
-        anything else stops the growth without costing the rows already stored."""
-        conn = self.conn
-        readings = freed = last = self.evicted_upto = 0
-        allowed = fs_allowance(self.path, self.fs_reserve)
-        if allowed is None:  # cannot tell: only max_bytes applies
-            allowed = 1 << 62
-        elif allowed < stored:  # others took the room: hold what the file holds, no less (nor growth)
-            allowed = self.fs_floor = max(stored, self.fs_floor)
-        else:
-            self.fs_floor = 0
-        self.fs_limited = False
-        while True:
-            over, short = size - freed - self.max_bytes, self._live_bytes() - allowed
-            self.fs_headroom = -short
-            if over <= 0 and short <= 0:
-                break
-            self.fs_limited = self.fs_limited or short > over
-            # Set-aside rows go first: they left the stream already.
-            for table, ps in (("quarantine", "NULL"), ("batch", "ps")):
-                chunk = conn.execute(f"SELECT row, n, length(v) + ifnull(length(e), 0), {ps} FROM {table}"
-                                     " ORDER BY row LIMIT ?", (EVICT_CHUNK,)).fetchall()
-                if chunk:
-                    break
-            if not chunk:
-                break
-            excess = max(over, short)  # a payload byte takes at least a byte of a page
-            counted = table == "batch"  # a set-aside row's readings were counted as quarantined
-            for row, n, nbytes, ps_id in chunk:
-                readings, freed, last, excess = readings + n * counted, freed + nbytes, row, excess - nbytes
-                if counted:  # a quarantined row keeps its own names: it holds no point set
-                    released.append(ps_id)
-                if excess <= 0:
-                    break
-            conn.execute(f"DELETE FROM {table} WHERE row <= ?", (last,))
-            if counted:
-                self.evicted_upto = last
-        return readings, freed
-
-    def _live_bytes(self) -> int:
-        """Bytes of the database's pages in use (its size less its free pages)."""
-        return self.conn.execute(_LIVE_BYTES).fetchone()[0]
 
     def fetch(self, after_row: int, max_readings: int, skip: frozenset[int]) -> list[StoredBatch]:
         """Rows after ``after_row`` in row order, up to ``max_readings`` readings (at least one row)."""
@@ -456,7 +332,7 @@ class Store:
                     continue
                 if out and total + n > max_readings:
                     break
-                device, points = self.ps_info[ps_id]
+                device, points = self.pointsets[ps_id]
                 out.append(StoredBatch(row, device, seq0, ts, points.names, points.units,
                                        cbor2.loads(v), None if e is None else cbor2.loads(e),
                                        None if c is None else tuple(cbor2.loads(c))))
@@ -483,7 +359,7 @@ class Store:
         rows: list[tuple[Any, ...]] = []
         for b in keep:
             points = PointSet(b.names, b.units)
-            ps_id = self.ps_ids.get((b.device, points)) or self._add_pointset(b.device, points)
+            ps_id = self.pointsets.id_of(self.conn, b.device, points, self.next_row)
             v, e = _dumps(b.values), None if b.errors is None else _dumps(b.errors)
             rows.append((b.row, ps_id, b.seq0, len(b), b.ts, v, e,
                          None if b.unsynced is None else _dumps(list(b.unsynced))))
@@ -493,9 +369,7 @@ class Store:
             self.conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.conn.executemany(_UPSERT_META, [("pending", pending), ("bytes", size), ("evicted", evicted),
                                                  ("next_row", max(next_row, self.next_row))])
-        for row in rows:
-            self.ps_rows[row[1]] += 1
-            self.ps_last[row[1]] = row[0]
+        self.pointsets.stored((row[0], row[1]) for row in rows)
         self.pending, self.bytes, self.evicted = pending, size, evicted
-        self.next_row = self.prune_mark = max(next_row, self.next_row)
+        self.next_row = self.pointsets.mark = max(next_row, self.next_row)
         self.witness.write(self.db_id, self.next_row)

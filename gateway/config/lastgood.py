@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from gateway.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "last-good.yaml"
@@ -29,22 +31,11 @@ def save(data_dir: Path, source: str) -> bool:
     text = "# The last config that ran well; used when the config file is invalid at start.\n"
     text += source
     try:
-        if path.read_text() == text:
+        if path.read_text(encoding="utf-8") == text:
             return False
     except (FileNotFoundError, OSError):
         pass
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, text.encode("utf-8"), mode=0o600)  # it may hold a password written inline
     return True
 
 

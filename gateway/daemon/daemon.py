@@ -65,8 +65,8 @@ class Daemon:
                                chrony_port=clock.chrony_port)
         self.scheduler = Scheduler(
             sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
-            congested=lambda: self.buffer.congested(publishing=self.publisher.connected),
-            relief=self.buffer.relief, stamp=self.clock.stamp,
+            congested=lambda: self.buffer.flow.congested(publishing=self.publisher.connected),
+            relief=lambda: self.buffer.flow.relief(publishing=self.publisher.connected), stamp=self.clock.stamp,
         )
         # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
         self.commands = Commands(self._run_command, remember=config.commands.remember_ids)

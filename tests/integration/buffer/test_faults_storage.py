@@ -50,12 +50,17 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         unavailable(f"no size-limited filesystem can be mounted here: {exc}")
 
 
-def _integrity(db: Path) -> list[str]:
+def _pragma(db: Path, name: str) -> list[Any]:
+    """``PRAGMA name`` on ``db``, in a connection of its own (beside a buffer that may have it open)."""
     conn = sqlite3.connect(db)
     try:
-        return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        return [row[0] for row in conn.execute(f"PRAGMA {name}")]
     finally:
         conn.close()
+
+
+def _integrity(db: Path) -> list[str]:
+    return _pragma(db, "integrity_check")
 
 
 # -- disk full -----------------------------------------------------------------------------------------------
@@ -167,8 +172,8 @@ async def test_space_taken_by_others_stops_the_growth_without_costing_stored_row
             buffer.put(Batch("dev", base + i, points, [float(base + i) + k / 7 for k in range(50)]))
         await buffer.flush()
 
-    async def pages() -> int:
-        return await buffer._call(lambda store: store.conn.execute("PRAGMA page_count").fetchone()[0])
+    def pages() -> int:
+        return _pragma(small_fs / "data" / "buffer.db", "page_count")[0]
 
     try:
         await add(2000, 0)  # about 1 MB stored
@@ -181,7 +186,7 @@ async def test_space_taken_by_others_stops_the_growth_without_costing_stored_row
             assert stats.state == "ok", stats
             assert 0 < stats.evicted <= 50 * 200 * k + 50 * 60, f"evicted more than it added: {stats}"
             assert stats.pending >= stored - 50 * 60, f"stored rows were given up: {stats}"
-            sizes.append(await pages())
+            sizes.append(pages())
         assert sizes[-1] <= sizes[0] + 8, f"the database kept growing: {sizes} pages"
         (small_fs / "filler").unlink()
         evicted = buffer.stats().evicted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -20,9 +21,12 @@ from typing import Any
 import cbor2
 import pytest
 
+from gateway.buffer import seqfile
 from gateway.buffer import store as buffer_mod
+from gateway.buffer.pointsets import PRUNE_EVERY
 from gateway.buffer.queue import Buffer
-from gateway.buffer.store import PRUNE_EVERY, SEQ_RESERVE, Store
+from gateway.buffer.seqfile import SEQ_RESERVE
+from gateway.buffer.store import Store
 from gateway.model import Batch, PointSet, StoredBatch
 
 POINTS = PointSet(("temp", "hum", "ok", "label", "raw"), ("degC", "%", None, None, None))
@@ -67,6 +71,80 @@ def seqs(batches: list[StoredBatch], device: str = "dev1") -> list[int]:
 def upto(n: int) -> list[int]:
     """Seqs 1..n: a device's first reading gets seq 1."""
     return list(range(1, n + 1))
+
+
+class Writer:
+    """The buffer's writer thread, seen through the public Store it runs there (its ``commit`` and
+    ``fetch`` are spied on): the store last used, code to run there before its next commit or
+    fetch, and a stalled disk (the thread held there)."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.fetches = 0  # reads that went to the database
+        self.idle = threading.Event()  # set while no commit or fetch runs
+        self.idle.set()
+        self._next: list[Callable[[Store], Any]] = []
+
+    def spy(self, real: Callable[..., Any], *, reads: bool = False) -> Callable[..., Any]:
+        def spied(store: Store, *args: Any) -> Any:
+            self.idle.clear()
+            try:
+                self.store = store
+                self.fetches += reads
+                while self._next:
+                    self._next.pop(0)(store)
+                return real(store, *args)
+            finally:
+                self.idle.set()
+        return spied
+
+    def before_next(self, fn: Callable[[Store], Any]) -> None:
+        """Run ``fn(store)`` on the writer thread before its next commit or fetch."""
+        self._next.append(fn)
+
+    def stall(self) -> tuple[threading.Event, threading.Event]:
+        """Hold the writer thread at its next commit or fetch (a disk that stopped answering) until
+        the second event returned is set; the first is set once it is held."""
+        held, release = threading.Event(), threading.Event()
+
+        def hold(_: Store) -> None:
+            held.set()
+            release.wait(10)
+
+        self.before_next(hold)
+        return held, release
+
+
+@pytest.fixture
+def writer(monkeypatch: pytest.MonkeyPatch) -> Writer:
+    spy = Writer()
+    monkeypatch.setattr(Store, "commit", spy.spy(Store.commit))
+    monkeypatch.setattr(Store, "fetch", spy.spy(Store.fetch, reads=True))
+    return spy
+
+
+async def held(event: threading.Event) -> None:
+    """Wait (10 s at most) until the writer thread set ``event``."""
+    assert await asyncio.to_thread(event.wait, 10), "the writer thread never got there"
+
+
+def query(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the buffer database in a connection of its own (a reader beside the buffer)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "buffer.db")) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def fill_disk(s: Store) -> None:
+    """The disk is full: the database cannot grow by a page."""
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+    s.conn.execute(f"PRAGMA max_page_count={pages}")
+
+
+def free_disk(s: Store) -> None:
+    s.conn.execute("PRAGMA max_page_count=1073741823")
+
+
+BIG = Batch("dev1", 2, PointSet(("blob",), (None,)), ["x" * 20_000])  # needs new pages
 
 
 def snapshot(src: Path, dst: Path) -> Path:
@@ -122,17 +200,17 @@ async def test_fetch_pages_by_row_and_reading_limit(make: Callable[..., Any]) ->
     assert await buf.fetch(rows[-1], 100) == []
 
 
-async def test_fetch_uses_the_rowid_index(make: Callable[..., Any]) -> None:
-    buf = await make()
+async def test_fetch_uses_the_rowid_index(make: Callable[..., Any], tmp_path: Path) -> None:
+    await make()
     sql = "EXPLAIN QUERY PLAN SELECT row, ps, seq0, n, ts, v, e FROM batch WHERE row > ? ORDER BY row"
-    plan = await buf._call(lambda s: s.conn.execute(sql, (5,)).fetchall())
+    plan = query(tmp_path, sql, 5)
     assert "USING INTEGER PRIMARY KEY (rowid>?)" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
 # -- ack -----------------------------------------------------------------------------------------
 
 
-async def test_ack_hides_at_once_and_deletes_at_next_commit(make: Callable[..., Any]) -> None:
+async def test_ack_hides_at_once_and_deletes_at_next_commit(make: Callable[..., Any], tmp_path: Path) -> None:
     buf = await make()
     for i in range(4):
         buf.put(batch(base=i))
@@ -143,28 +221,25 @@ async def test_ack_hides_at_once_and_deletes_at_next_commit(make: Callable[..., 
     assert [b.row for b in await buf.fetch(0, 1)] == rows[2:3]
     await buf.flush()
     assert buf.stats().pending == 10
-    assert await buf._call(lambda s: s.conn.execute("SELECT row FROM batch").fetchall()) == [
-        (r,) for r in rows[2:]]
+    assert query(tmp_path, "SELECT row FROM batch") == [(r,) for r in rows[2:]]
     buf.ack(rows[2:] + rows[:1])  # acking a deleted row again is harmless
     await buf.flush()
     assert buf.stats().pending == 0 and buf.stats().bytes == 0
     assert await drain(buf) == []
 
 
-async def test_ack_while_a_fetch_runs_hides_the_row(make: Callable[..., Any]) -> None:
+async def test_ack_while_a_fetch_runs_hides_the_row(make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
     for i in range(3):
         buf.put(batch(base=i))
     await buf.close()
     buf = await make()  # reopened: the rows come from the database, not from memory
     rows = [b.row for b in await drain(buf)]
-    gate = threading.Event()
-    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))
-    fetching = asyncio.ensure_future(drain(buf))  # queued behind the blocked thread
-    await asyncio.sleep(0)
+    reading, release = writer.stall()
+    fetching = asyncio.ensure_future(drain(buf))
+    await held(reading)  # the fetch's query runs on the (stalled) writer thread
     buf.ack(rows[:1])
-    gate.set()
-    await blocked
+    release.set()
     assert [b.row for b in await fetching] == rows[1:]
 
 
@@ -180,19 +255,19 @@ async def test_row_ids_never_reused_after_the_table_empties(make: Callable[..., 
     assert [b.row for b in await buf.fetch(first.row, 100)] == [first.row + 1]
 
 
-async def test_one_transaction_per_commit_with_puts_and_acks(make: Callable[..., Any]) -> None:
+async def test_one_transaction_per_commit_with_puts_and_acks(make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
     for i in range(5):
         buf.put(batch(base=i))
     await buf.flush()
     rows = [b.row for b in await drain(buf)]
     statements: list[str] = []
-    await buf._call(lambda s: s.conn.set_trace_callback(statements.append))
+    writer.before_next(lambda s: s.conn.set_trace_callback(statements.append))
     for i in range(50):
         buf.put(batch(base=i))
     buf.ack(rows)
     await buf.flush()
-    await buf._call(lambda s: s.conn.set_trace_callback(None))
+    writer.before_next(lambda s: s.conn.set_trace_callback(None))
     assert sum(s.startswith("BEGIN") for s in statements) == 1
     assert sum(s == "COMMIT" for s in statements) == 1
     assert not any("count(" in s.lower() for s in statements)
@@ -202,37 +277,39 @@ async def test_one_transaction_per_commit_with_puts_and_acks(make: Callable[...,
 # -- durability ----------------------------------------------------------------------------------
 
 
-async def test_pragmas_and_one_writer_thread(make: Callable[..., Any]) -> None:
+async def test_pragmas_and_one_writer_thread(make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
+    probed: list[tuple[Any, ...]] = []
 
-    def probe(s: Store) -> tuple[Any, ...]:
+    def probe(s: Store) -> None:
         q = s.conn.execute
-        return (q("PRAGMA journal_mode").fetchone()[0], q("PRAGMA synchronous").fetchone()[0],
-                q("PRAGMA journal_size_limit").fetchone()[0], threading.current_thread().name)
+        probed.append((q("PRAGMA journal_mode").fetchone()[0], q("PRAGMA synchronous").fetchone()[0],
+                       q("PRAGMA journal_size_limit").fetchone()[0], threading.current_thread().name))
 
-    mode, sync, limit, thread = await buf._call(probe)
+    writer.before_next(probe)
+    buf.put(batch())
+    await buf.flush()
+    ((mode, sync, limit, thread),) = probed
     assert (mode, sync, limit) == ("wal", 2, buffer_mod.JOURNAL_SIZE_LIMIT)  # 2 = FULL
     assert thread.startswith("buffer-writer") and thread != threading.current_thread().name
+    assert writer.store is not None
     with pytest.raises(sqlite3.ProgrammingError):  # the connection refuses any other thread
-        buf._store.conn.execute("SELECT 1")
+        writer.store.conn.execute("SELECT 1")
 
 
-async def test_put_never_waits_for_a_stalled_disk(make: Callable[..., Any], caplog: Any) -> None:
+async def test_put_never_waits_for_a_stalled_disk(make: Callable[..., Any], caplog: Any, writer: Writer) -> None:
     buf = await make(max_pending_readings=20)
-    gate = threading.Event()
-    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))  # the writer is stuck
+    committing, release = writer.stall()  # the writer is stuck
     buf.put(batch(base=100))
     buf.put(batch(base=101))
     flushing = asyncio.ensure_future(buf.flush())
-    while not buf._inflight_n:  # the commit has taken them and waits for the thread
-        await asyncio.sleep(0)
+    await held(committing)  # the commit has taken them and waits for the disk
     for i in range(10):
         buf.put(batch(base=i))  # returns at once although the thread is busy
     assert buf.stats().pending == 20 and buf.stats().evicted == 40  # 10 in flight + 10 waiting
     assert buf.next_seq("dev1") == 1  # nothing committed yet
     assert sum("dropping the oldest" in r.message for r in caplog.records) == 1  # once per episode
-    gate.set()
-    await blocked
+    release.set()
     await flushing
     await buf.flush()
     got = await drain(buf)
@@ -242,38 +319,35 @@ async def test_put_never_waits_for_a_stalled_disk(make: Callable[..., Any], capl
     assert (await make(max_pending_readings=20)).stats().evicted == 40  # persisted in meta
 
 
-async def test_cancelled_flush_still_completes_its_commit(make: Callable[..., Any]) -> None:
+async def test_cancelled_flush_still_completes_its_commit(make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
-    gate = threading.Event()
-    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))
+    committing, release = writer.stall()
     buf.put(batch())
     flushing = asyncio.ensure_future(buf.flush())
-    while not buf._inflight_n:
-        await asyncio.sleep(0)
-    flushing.cancel()  # e.g. a shutdown timeout: the transaction is already queued on the thread
-    gate.set()
-    await blocked
+    await held(committing)
+    flushing.cancel()  # e.g. a shutdown timeout: the transaction is already running on the thread
+    release.set()
     await buf.flush()
     assert buf.stats().pending == 5 and buf.next_seq("dev1") == 6
     assert seqs(await drain(buf)) == upto(5)
 
 
-async def test_close_gives_up_on_a_stalled_disk_within_its_timeout(make: Callable[..., Any]) -> None:
+async def test_close_gives_up_on_a_stalled_disk_within_its_timeout(
+        make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
     buf.put(batch())
     await buf.flush()
     (stored,) = await drain(buf)
     buf.ack([stored.row])
-    gate = threading.Event()
-    blocked = asyncio.ensure_future(buf._call(lambda s: gate.wait(10)))  # the writer is stuck
+    _, release = writer.stall()  # the writer gets stuck in the next commit
     buf.put(batch(base=1))
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await buf.close(timeout=0.3) is False
     assert loop.time() - started < 2.0
     assert buf.uncommitted == (5, 1)  # the readings a power cut would cost, the acks not applied
-    gate.set()
-    await blocked
+    release.set()
+    await held(writer.idle)  # the thread left behind finishes (the disk answered after all)
 
 
 async def test_restart_keeps_unacked_rows_and_continues_seq(make: Callable[..., Any], tmp_path: Path) -> None:
@@ -367,13 +441,13 @@ async def test_marks_are_raised_before_the_commit_that_needs_them(
         make: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     buf = await make()
     writes: list[dict[str, int]] = []
-    real = buffer_mod.save_marks
+    real = seqfile.save_marks
 
     def spy(path: Path, marks: dict[str, int]) -> None:
         writes.append(dict(marks))
         real(path, marks)
 
-    monkeypatch.setattr(buffer_mod, "save_marks", spy)
+    monkeypatch.setattr(seqfile, "save_marks", spy)
     for i in range(100):  # 100 commits of 5 readings: one reservation covers them all
         buf.put(batch(base=i))
         await buf.flush()
@@ -384,11 +458,11 @@ async def test_marks_are_raised_before_the_commit_that_needs_them(
     def failing(path: Path, marks: dict[str, int]) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(buffer_mod, "save_marks", failing)
+    monkeypatch.setattr(seqfile, "save_marks", failing)
     buf.put(batch(n=SEQ_RESERVE))  # would cross the mark: the commit must not happen
     await buf.flush()
     assert buf.stats().state == "degraded" and len(await drain(buf)) == 100
-    monkeypatch.setattr(buffer_mod, "save_marks", real)
+    monkeypatch.setattr(seqfile, "save_marks", real)
     await buf.flush()
     assert buf.stats().state == "ok" and len(await drain(buf)) == 101
 
@@ -514,7 +588,7 @@ async def test_corrupt_database_is_moved_aside(
 
 @pytest.mark.parametrize("damage", ["garbled pages, found by a read", "not a database, found by a commit"])
 async def test_corruption_found_while_running_starts_a_fresh_file_at_once(
-        make: Callable[..., Any], tmp_path: Path, caplog: Any, damage: str) -> None:
+        make: Callable[..., Any], tmp_path: Path, caplog: Any, damage: str, writer: Writer) -> None:
     """The file is damaged under a running buffer: the read or commit that finds it moves it aside
     and goes on in a fresh file, without a restart. What the buffer still held in memory (the batch
     waiting for the commit, the committed one not yet acked) is kept; the older backlog only the
@@ -530,7 +604,7 @@ async def test_corruption_found_while_running_starts_a_fresh_file_at_once(
             f.write(random.Random(1).randbytes(db.stat().st_size // 3))
         else:
             f.write(b"this is no SQLite file!" * 8)
-    await buf._call(lambda s: s.conn.execute("PRAGMA shrink_memory"))  # SQLite reads the file again
+    writer.before_next(lambda s: s.conn.execute("PRAGMA shrink_memory"))  # SQLite reads the file again
     caplog.set_level(logging.ERROR, logger="gateway.buffer.queue")
     buf.put(batch(base=8))
     if damage.startswith("garbled"):
@@ -557,7 +631,8 @@ async def test_corruption_found_while_running_starts_a_fresh_file_at_once(
 # -- point sets ----------------------------------------------------------------------------------
 
 
-async def test_point_sets_no_stored_batch_uses_are_pruned(make: Callable[..., Any], tmp_path: Path) -> None:
+async def test_point_sets_no_stored_batch_uses_are_pruned(
+        make: Callable[..., Any], tmp_path: Path, writer: Writer) -> None:
     """Report by exception makes a new point set for each poll; once their batches are acked they
     go (table and memory), but not one a stored batch still uses, nor a device's current one."""
     buf = await make()
@@ -573,19 +648,21 @@ async def test_point_sets_no_stored_batch_uses_are_pruned(make: Callable[..., An
     for i in range(2 * PRUNE_EVERY):
         await poll_and_ack(PointSet((f"changed{i}", "b"), (None, None)), i)
 
-    def sizes(s: Store) -> tuple[int, int, int]:
-        return s.conn.execute("SELECT count(*) FROM pointset").fetchone()[0], len(s.ps_ids), len(s.ps_info)
+    def sizes() -> tuple[int, int, int]:  # in the table; in the memory of the store in use
+        assert writer.store is not None
+        ((stored,),) = query(tmp_path, "SELECT count(*) FROM pointset")
+        return stored, len(writer.store.pointsets.ids), len(writer.store.pointsets.info)
 
-    assert (await buf._call(sizes))[0] > PRUNE_EVERY
+    assert sizes()[0] > PRUNE_EVERY
     for i in range(2 * PRUNE_EVERY):
         await poll_and_ack(steady, i)
-    assert await buf._call(sizes) == (2, 2, 2)
+    assert sizes() == (2, 2, 2)
     (first,) = await drain(buf)
     assert (first.names, first.units, first.values) == (("kept",), ("V",), [1.5])
     await buf.close()
     buf = await make()
-    assert await buf._call(sizes) == (2, 2, 2)
-    (first,) = await drain(buf)
+    (first,) = await drain(buf)  # read from the database: by the store of the reopened buffer
+    assert sizes() == (2, 2, 2)
     assert (first.names, first.units, first.values) == (("kept",), ("V",), [1.5])
 
 # -- cap and eviction ----------------------------------------------------------------------------
@@ -623,12 +700,7 @@ def qbatch(base: int) -> Batch:
 
 
 def quarantine_rows(data_dir: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(data_dir / "buffer.db")
-    try:
-        return conn.execute("SELECT row, device, seq0, n, ts, names_units, v, reason FROM quarantine"
-                            " ORDER BY row").fetchall()
-    finally:
-        conn.close()
+    return query(data_dir, "SELECT row, device, seq0, n, ts, names_units, v, reason FROM quarantine ORDER BY row")
 
 
 async def test_a_set_aside_batch_leaves_the_stream_and_stays_in_the_file(
@@ -682,22 +754,19 @@ async def test_the_cap_evicts_set_aside_rows_before_any_reading_to_send(make: Ca
 
 
 async def test_a_failed_commit_keeps_the_set_aside_for_the_retry(
-        make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        make: Callable[..., Any], tmp_path: Path, writer: Writer) -> None:
     buf = await make()
     buf.put(qbatch(1))
     await buf.flush()
     (stored,) = await drain(buf)
-
-    def io_error(*_: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Store, "_write", io_error)
-        buf.quarantine({stored.row: "poison"})
-        await buf.flush()
-        assert buf.stats().state == "degraded" and buf.stats().quarantined == 0
+    writer.before_next(fill_disk)
+    buf.quarantine({stored.row: "poison"})
+    buf.put(BIG)  # fails the transaction after the row was copied to quarantine
     await buf.flush()
-    assert buf.stats().state == "ok" and buf.stats().quarantined == 5 and buf.stats().pending == 0
+    assert buf.stats().state == "degraded" and buf.stats().quarantined == 0
+    writer.before_next(free_disk)
+    await buf.flush()
+    assert buf.stats().state == "ok" and buf.stats().quarantined == 5 and buf.stats().pending == 1
     await buf.close()
     assert [r[0] for r in quarantine_rows(tmp_path)] == [stored.row]
 
@@ -705,18 +774,13 @@ async def test_a_failed_commit_keeps_the_set_aside_for_the_retry(
 # -- disk errors ---------------------------------------------------------------------------------
 
 
-async def test_disk_full_degrades_keeps_batches_and_recovers(make: Callable[..., Any], caplog: Any) -> None:
+async def test_disk_full_degrades_keeps_batches_and_recovers(
+        make: Callable[..., Any], caplog: Any, writer: Writer) -> None:
     buf = await make()
     buf.put(batch(base=0))
     await buf.flush()
-
-    def fill_disk(s: Store) -> None:
-        pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
-        s.conn.execute(f"PRAGMA max_page_count={pages}")
-
-    await buf._call(fill_disk)
-    big = Batch("dev1", 2, PointSet(("blob",), (None,)), ["x" * 20_000])
-    buf.put(big)
+    writer.before_next(fill_disk)
+    buf.put(BIG)
     await buf.flush()
     buf.put(batch(base=3))
     await buf.flush()  # still full: retried, not logged again
@@ -724,34 +788,28 @@ async def test_disk_full_degrades_keeps_batches_and_recovers(make: Callable[...,
     assert st.state == "degraded" and "full" in (st.reason or "") and st.pending == 11
     assert len(await drain(buf)) == 1 and buf.next_seq("dev1") == 6
     assert sum("degraded" in r.message for r in caplog.records) == 1
-    await buf._call(lambda s: s.conn.execute("PRAGMA max_page_count=1073741823"))
+    writer.before_next(free_disk)
     await buf.flush()
     got = await drain(buf)
     assert buf.stats().state == "ok" and buf.stats().reason is None
-    assert seqs(got) == upto(11) and got[1].values == big.values
+    assert seqs(got) == upto(11) and got[1].values == BIG.values
     assert sum("ok again" in r.message for r in caplog.records) == 1
 
 
-async def test_insert_error_keeps_acks_for_the_retry(
-        make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_insert_error_keeps_acks_for_the_retry(make: Callable[..., Any], writer: Writer) -> None:
     buf = await make()
     buf.put(batch())
     await buf.flush()
     (first,) = await drain(buf)
-    real = Store._write
-
-    def broken(self: Store, *args: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(Store, "_write", broken)
+    writer.before_next(fill_disk)
     buf.ack([first.row])
-    buf.put(batch(base=1))
+    buf.put(BIG)  # its insert fails: the disk is full
     await buf.flush()
     assert buf.stats().state == "degraded" and await drain(buf) == []
-    monkeypatch.setattr(Store, "_write", real)
+    writer.before_next(free_disk)
     await buf.flush()
     got = await drain(buf)
-    assert [b.seq0 for b in got] == [6] and buf.stats().pending == 5
+    assert [b.seq0 for b in got] == [6] and buf.stats().pending == 1
 
 
 # -- timer and callback --------------------------------------------------------------------------
@@ -798,11 +856,11 @@ async def test_congested_past_half_the_memory_bound_until_committed(make: Callab
     buf = await make(max_pending_readings=100)
     for _ in range(10):
         buf.put(batch(n=5))
-    assert not buf.congested()  # 50 waiting: at the half, not past it
+    assert not buf.flow.congested()  # 50 waiting: at the half, not past it
     buf.put(batch(n=5))
-    assert buf.congested()
+    assert buf.flow.congested()
     await buf.flush()
-    assert not buf.congested()
+    assert not buf.flow.congested()
     assert buf.stats().evicted == 0
 
 
@@ -833,12 +891,15 @@ async def test_memory_serves_what_the_database_would(make: Callable[..., Any], t
     _same(pages[1], from_memory[2:3])  # always at least one
 
 
-async def test_memory_keeps_at_most_the_in_memory_bound_and_the_database_the_rest(make: Callable[..., Any]) -> None:
+async def test_memory_keeps_at_most_the_in_memory_bound_and_the_database_the_rest(
+        make: Callable[..., Any], writer: Writer) -> None:
     buf = await make(max_pending_readings=40)
     for i in range(30):  # 150 readings, committed 5 at a time: far more than 40 kept in memory
         buf.put(batch(base=i))
         await buf.flush()
-    assert buf._fresh_n <= 40
+    rows = [b.row for b in await buf.fetch(0, 10**6)]
+    assert writer.fetches == 1  # the oldest rows: read from the database
+    assert len(await buf.fetch(rows[-10], 10**6)) == 9 and writer.fetches == 2  # 45 readings: not in memory
     got = await drain(buf)  # from the database first, then from memory
     cursor = 0
     everything: list[StoredBatch] = []
@@ -853,7 +914,7 @@ async def test_a_quarter_of_the_bound_waiting_commits_before_the_interval(make: 
     committed = asyncio.Event()
     buf.on_commit = committed.set
     buf.put(batch(base=0))  # 5 waiting: not yet
-    assert not buf._commit_soon.is_set()
+    assert not buf.flow.commit_soon.is_set()
     buf.put(batch(base=1))  # 10 >= 40 // 4
     await asyncio.wait_for(committed.wait(), 10)
     assert seqs(await drain(buf)) == upto(10)
@@ -865,34 +926,34 @@ async def test_congested_while_publishing_when_a_busy_gateway_lags_and_relieved_
     for i in range(5):  # 25 committed, not yet fetched: past half of 40
         buf.put(batch(base=i))
         await buf.flush()
-    buf._busy = 1.0  # the event loop thread was on CPU all the last interval
-    assert buf.congested(publishing=True)
-    assert not buf.congested(publishing=False)  # the broker away: keep polling, the disk holds it
-    buf._busy = 0.1  # an idle gateway: the link is slow, not the CPU; readings are kept
-    assert not buf.congested(publishing=True)
-    buf._busy = 1.0
-    relieved = asyncio.ensure_future(buf.relief())
+    buf.flow.busy = 1.0  # the event loop thread was on CPU all the last interval
+    assert buf.flow.congested(publishing=True)
+    assert not buf.flow.congested(publishing=False)  # the broker away: keep polling, the disk holds it
+    buf.flow.busy = 0.1  # an idle gateway: the link is slow, not the CPU; readings are kept
+    assert not buf.flow.congested(publishing=True)
+    buf.flow.busy = 1.0
+    relieved = asyncio.ensure_future(buf.flow.relief(publishing=True))
     await asyncio.sleep(0)  # relief() starts waiting
     await buf.fetch(0, 10)  # 10 handed out: 15 left, under the half
     await asyncio.wait_for(relieved, 5)  # the commit interval is an hour: fetch relieved it
-    assert not buf.congested(publishing=True)
+    assert not buf.flow.congested(publishing=True)
 
 
 async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any]) -> None:
-    """_busy is the loop thread's CPU time over the wall time of the last commit interval. A thread
+    """flow.busy is the loop thread's CPU time over the wall time of the last commit interval. A thread
     that spins gets a whole core only on an idle machine (on a shared one, far less): compare with
     what this thread, the loop's, was given over the same interval, not with a constant."""
     buf = await make(commit_interval=0.25)
     loop = asyncio.get_running_loop()
-    seen = buf._busy
+    seen = buf.flow.busy
     marks: list[tuple[float, float]] = []  # (wall, thread CPU) where the buffer measured anew
     async with asyncio.timeout(20):
         while len(marks) < 3:  # the loop thread on CPU for part of two whole measured intervals
             buf.put(batch())
             sum(range(20_000))
             await asyncio.sleep(0.001)  # and off it for a while: CPU time, not wall time, is measured
-            if buf._busy != seen:
-                seen = buf._busy
+            if buf.flow.busy != seen:
+                seen = buf.flow.busy
                 marks.append((loop.time(), time.thread_time()))
     (wall0, cpu0), (wall1, cpu1) = marks[-2:]
-    assert buf._busy == pytest.approx((cpu1 - cpu0) / (wall1 - wall0), abs=0.1)
+    assert buf.flow.busy == pytest.approx((cpu1 - cpu0) / (wall1 - wall0), abs=0.1)

@@ -334,19 +334,21 @@ async def test_a_commit_on_the_grid_takes_the_polls_due_at_the_same_instant(tmp_
     await buffer.open()
     loop = asyncio.get_running_loop()
     lags: list[float] = []  # per commit: commit time minus the time of the newest poll it stored
+    measuring: set[asyncio.Task[None]] = set()
 
-    def committed() -> None:
-        newest = max(b.values[0] for b in buffer._fresh.values())
-        lags.append(loop.time() - newest)
-        buffer.ack(list(buffer._fresh))
+    async def lag(committed_at: float) -> None:
+        got = await buffer.fetch(0, 10**6)  # what that commit stored: everything before it is acked
+        lags.append(committed_at - max(b.values[0] for b in got))
+        buffer.ack([b.row for b in got])
 
-    buffer.on_commit = committed
+    buffer.on_commit = lambda: measuring.add(asyncio.ensure_future(lag(loop.time())))
     sched = Scheduler(sink=buffer.put, on_change=lambda: None)
     sched.add(_spec("d", interval), _StampDriver)  # type: ignore[arg-type]
     try:
         await _until(lambda: len(lags) >= 5)
     finally:
         await sched.stop_all()
+        await asyncio.gather(*measuring)
         await buffer.close()
     assert all(lag < interval / 2 for lag in lags[1:]), lags  # the first commit may precede the first grid poll
 
