@@ -54,6 +54,7 @@ class ModbusDriver:
     its own plan (built on first use, split on its own); ``inspect`` reads every point.
     No valid answer at all (timeout, bad CRC, connection refused or lost, serial port gone,
     gateway exception 10/11) raises DriverError; the next poll opens the connection again.
+    After close, poll reopens the link.
 
     Devices on one serial port (or one RTU-over-TCP server) share one connection from the
     daemon's SharedPool, and ``bus`` names it so the scheduler polls them one at a time.

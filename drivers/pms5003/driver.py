@@ -41,6 +41,7 @@ class Pms5003Driver(SerialDriver):
 
     Opening the port sends the mode command (a sensor keeps a mode set earlier until power
     off, so active mode is asked for too). ``counters``: see ``SerialDriver``.
+    After close, poll raises DriverError.
     """
 
     Config: ClassVar[type[BaseModel]] = Pms5003Config

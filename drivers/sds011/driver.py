@@ -33,6 +33,7 @@ class Sds011Driver(SerialDriver):
 
     Opening the port wakes the sensor and sets its reporting mode (the sensor keeps a mode
     across power cycles, so active mode is set too). ``counters``: see ``SerialDriver``.
+    After close, poll raises DriverError.
     """
 
     Config: ClassVar[type[BaseModel]] = Sds011Config

@@ -25,6 +25,7 @@ class SerialLineDriver(SerialDriver):
 
     ``counters``: the line parser's ``lines``, ``bad_lines``, ``bad_checksum``, ``bad_values``,
     ``ignored``, ``garbage_bytes``, plus ``bytes``, ``opens`` and ``port_lost``.
+    After close, poll raises DriverError.
     """
 
     Config: ClassVar[type[BaseModel]] = SerialLineConfig

@@ -42,6 +42,8 @@ class SerialDriver:
     ``counters`` (since construction): the parser's ``frames``, ``replies``, ``bad_checksum``,
     ``bad_frames``, ``garbage_bytes`` (serial_line adds its own), plus ``bytes`` received,
     ``opens`` and ``port_lost``.
+
+    After close, poll raises DriverError (the scheduler opens the driver again).
     """
 
     Config: ClassVar[type[BaseModel]]

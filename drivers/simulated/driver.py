@@ -43,7 +43,10 @@ class SimulatedConfig(BaseModel):
 
 
 class SimulatedDriver:
-    """Generates counter, sine and random signals; ``fail_flag`` simulates a dead device."""
+    """Generates counter, sine and random signals; ``fail_flag`` simulates a dead device.
+
+    After close, poll reopens the link. (There is none: it polls as before.)
+    """
 
     Config: ClassVar[type[BaseModel]] = SimulatedConfig
     bus: str | None = None

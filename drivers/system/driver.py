@@ -47,7 +47,10 @@ class SystemConfig(BaseModel):
 
 
 class SystemDriver:
-    """Reads the board's health from /sys, /proc and statvfs (see the module docstring)."""
+    """Reads the board's health from /sys, /proc and statvfs (see the module docstring).
+
+    After close, poll reopens the link. (It holds none open: it reads the files as before.)
+    """
 
     Config: ClassVar[type[BaseModel]] = SystemConfig
     bus: str | None = None
