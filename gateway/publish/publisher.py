@@ -115,11 +115,6 @@ class Publisher:
         session = self._session
         return self._connected and self.on_command is not None and session is not None and session.commands_on
 
-    @property
-    def failed_attempts(self) -> int:
-        """Connection attempts (or sessions) that failed since the last stable connection."""
-        return self._failures
-
     def status_changed(self) -> None:
         """Ask for the status to be republished soon (at most once per STATUS_MIN_GAP)."""
         self._signals.status_due.set()
