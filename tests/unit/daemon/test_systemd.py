@@ -128,7 +128,7 @@ async def test_heartbeat_every_half_period_while_healthy(receiver: Receiver) -> 
         await dog.stop()
     elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 2.0, f"4 beats took {elapsed:.2f} s (expected ~0.3)"
-    assert set(receiver.received) == {"WATCHDOG=1"} and dog.beats >= 4
+    assert set(receiver.received) == {"WATCHDOG=1"}  # four beats (waited for above), nothing else
 
 
 async def test_no_heartbeat_while_unhealthy_and_one_error_line(
@@ -142,10 +142,9 @@ async def test_no_heartbeat_while_unhealthy_and_one_error_line(
         await receiver.wait_for(lambda got: "WATCHDOG=1" in got)
         problem[0] = "the poll task of device meter-1 has died"
         await receiver.wait_for(lambda got: any(m.startswith("STATUS=unhealthy") for m in got))
-        beats = dog.beats
         received = len(receiver.drain())
         await asyncio.sleep(0.5)  # five periods' worth of beats would have come by now
-        assert dog.beats == beats and len(receiver.drain()) == received, "heartbeat went on"
+        assert len(receiver.drain()) == received, "heartbeat went on"
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1
         assert "meter-1 has died" in errors[0].getMessage() and "restart" in errors[0].getMessage()
