@@ -17,11 +17,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.bench.run import BenchError, DeviceGroup, PortHold, private_broker
+from gateway.bench.groups import DeviceGroup
+from gateway.bench.run import BenchError, PortHold, private_broker
 
 if TYPE_CHECKING:
-    from gateway.bench.main import Bench, Run
+    from gateway.bench.main import Bench
     from gateway.bench.metrics import Mark
+    from gateway.bench.steps import Run
 
 RECONNECT_WAIT = 90.0  # the publisher backs off up to 60 s (jittered) while the broker is away
 

@@ -19,33 +19,18 @@ import contextlib
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.metrics import Mark, Window, self_cpu, window_figures, wire_figures
+from gateway.bench.broker import free_port
+from gateway.bench.groups import SIGNALS, DeviceGroup
 from gateway.bench.report import Progress
-from gateway.bench.run import (
-    LOOPBACK,
-    SIGNALS,
-    TOPIC_PREFIX,
-    BenchError,
-    DeviceGroup,
-    GatewayProcess,
-    Group,
-    bench_config,
-    cpu_seconds,
-    device_totals,
-    free_port,
-    private_broker,
-)
-from gateway.bench.subscriber import BenchSubscriber
+from gateway.bench.run import LOOPBACK, BenchError, private_broker
+from gateway.bench.steps import RunSteps
 
 FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
 SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup")
@@ -53,8 +38,6 @@ MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
 METERED_LINGER = 3.0  # seconds the wire scenario's metered runs let a message fill
-STATUS_EVERY = 5.0  # seconds between status requests in a measuring window (each costs the gateway CPU)
-STALL = 30.0  # seconds without progress after which a waiting step gives up
 
 
 @dataclass(frozen=True)
@@ -75,29 +58,16 @@ class BenchOptions:
     data_dir: Path | None = None
 
 
-@dataclass
-class Run:
-    """One gateway process with its subscriber and the device groups it polls."""
+class Bench(RunSteps):
+    """Runs the chosen scenarios; use as a context manager (it owns a temp dir and maybe a broker).
 
-    name: str
-    gw: GatewayProcess
-    sub: BenchSubscriber
-    groups: list[Group]
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-class Bench:
-    """Runs the chosen scenarios; use as a context manager (it owns a temp dir and maybe a broker)."""
+    Each scenario is composed of the steps of a run (gateway.bench.steps).
+    """
 
     def __init__(self, opts: BenchOptions, progress: Progress) -> None:
-        self.opts = opts
-        self.progress = progress
+        super().__init__(opts, progress)
         self._stack = contextlib.ExitStack()
-        self.tmp = Path()
-        self.host, self.port = opts.broker or (LOOPBACK, 0)
-        self.broker: subprocess.Popen[bytes] | None = None
         self.broker_name = f"{self.host}:{self.port}"
-        self._shown, self._what = 0.0, ""
 
     def __enter__(self) -> Bench:
         tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-", dir=self.opts.data_dir))
@@ -155,16 +125,16 @@ class Bench:
 
     def scenario_load(self) -> dict[str, Any]:
         """The offered load of --devices x --points every --interval."""
-        return self._steady("load", [self.load_group()], self.opts.encoding, self.opts.duration)
+        return self.steady("load", [self.load_group()], self.opts.encoding, self.opts.duration)
 
     def scenario_saturation(self) -> dict[str, Any]:
         """SATURATION_FACTOR times the load scenario's devices: does throughput hold?"""
-        return self._steady("saturation", [self.load_group(SATURATION_FACTOR)], self.opts.encoding,
+        return self.steady("saturation", [self.load_group(SATURATION_FACTOR)], self.opts.encoding,
                             self.opts.duration)
 
     def scenario_moderate(self) -> dict[str, Any]:
         """--devices x --points every second: CPU with all fixed costs, RSS, latency, disk bytes."""
-        return self._steady("moderate", [self.moderate_group()], self.opts.encoding, self.opts.duration)
+        return self.steady("moderate", [self.moderate_group()], self.opts.encoding, self.opts.duration)
 
     def scenario_modbus(self) -> dict[str, Any]:
         """One Modbus TCP device, 100 holding registers every 100 ms, served by pymodbus in this process."""
@@ -172,7 +142,7 @@ class Bench:
 
         self.progress.step("modbus: starting the Modbus server")
         with ModbusBenchServer() as server:
-            result = self._steady("modbus", [ModbusGroup("modbus", server)], self.opts.encoding, self.opts.duration)
+            result = self.steady("modbus", [ModbusGroup("modbus", server)], self.opts.encoding, self.opts.duration)
             result["server_reads"] = server.reads
             server.failing.clear()  # the run ended by making the device fail
             result["floor"] = self._modbus_floor(server.port)
@@ -197,14 +167,14 @@ class Bench:
         out: dict[str, Any] = {"ok": True}
         window = min(self.opts.duration, WIRE_WINDOW)
         for encoding in ("cbor", "json", "packed"):
-            run = self._steady(f"wire-{encoding}", [self.moderate_group()], encoding, window)
+            run = self.steady(f"wire-{encoding}", [self.moderate_group()], encoding, window)
             out[encoding] = run
             out["ok"] = out["ok"] and run["ok"]
         # A metered link as the README sets it up: packed, deflated, messages filled for up to
         # METERED_LINGER, on sensor-like data (half smooth, half noisy, two decimals; no counters).
         sensors = self.group("dev", self.opts.devices, MODERATE_INTERVAL, signals=("sine", "random"), decimals=2)
         for name, compress in (("packed-metered", False), ("packed-metered-deflate", True)):
-            run = self._steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
+            run = self.steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
                                mqtt={"compress": compress, "batch": {"linger": METERED_LINGER}})
             out[name] = run
             out["ok"] = out["ok"] and run["ok"]
@@ -231,185 +201,8 @@ class Bench:
                 return result
         raise BenchError("the gateway reached the broker before the subscriber, three times")
 
-    # -- the parts of a run ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
-                 subscribe: bool = True, mqtt: dict[str, Any] | None = None) -> Iterator[Run]:
-        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
-        workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
-        workdir.mkdir(parents=True)
-        for group in groups:
-            group.revive()
-        gateway_id = f"bench-{name}-{workdir.name[-6:]}"
-        port = self.port if port is None else port
-        config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
-                              encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups,
-                              mqtt=mqtt)
-        sub = BenchSubscriber(self.host, port, TOPIC_PREFIX, gateway_id)
-        run = Run(name, GatewayProcess(workdir, config), sub, groups)
-        run.result.update(_describe(groups, encoding, self.opts.commit_interval))
-        try:
-            if subscribe:
-                run.sub.start()
-            yield run
-        finally:
-            run.gw.close()
-            run.sub.close()
-
-    def _steady(self, name: str, groups: list[Group], encoding: str, window: float,
-                mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
-        with self.open_run(name, groups, encoding, mqtt=mqtt) as run:
-            ready = run.gw.start().wait_ready()
-            self.wait_first(run)
-            run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)
-            self.sleep(run, "warming up", self.opts.warmup)
-            run.result.update(window_figures(self.measure(run, window), sum(g.rate for g in groups)))
-            run.result["latency_ms"] = run.sub.latency_ms()
-            self.finish(run)
-        return run.result
-
-    def measure(self, run: Run, seconds: float) -> Window:
-        """Sample a window of ``seconds``: the subscriber's count every 20 ms, the gateway's CPU every
-        100 ms (from /proc: free for the gateway), its status every STATUS_EVERY s (that costs it a
-        fraction of a millisecond each). Latencies are counted from the start of the window.
-        """
-        window = Window(marks=[self.mark(run)])
-        run.sub.reset_latency()
-        start = window.marks[0].sub.t
-        end, next_cpu, next_mark = start + seconds, start, start + STATUS_EVERY
-        while (now := time.monotonic()) < end:
-            snap = run.sub.snapshot()
-            window.arrivals.append((snap.t, snap.distinct))
-            if now >= next_cpu:
-                sample = run.gw.sample()
-                window.cpu.append((sample.t, sample.cpu_s))
-                next_cpu += 0.1
-            if now >= next_mark:
-                window.marks.append(self.mark(run))
-                next_mark += STATUS_EVERY
-            self.tick(run, "measuring", f"{end - now:.0f} s left")
-            time.sleep(0.02)
-        last = self.mark(run)
-        window.marks.append(last)
-        window.arrivals.append((last.sub.t, last.sub.distinct))
-        window.cpu.append((last.proc.t, last.proc.cpu_s))
-        return window
-
-    def mark(self, run: Run) -> Mark:
-        """Count everything now: the status, the process, the subscriber, the broker, this process."""
-        status = run.gw.status()
-        proc = run.gw.sample()
-        snap = run.sub.snapshot()
-        buffer = status.get("buffer", {})
-        acked = int(status.get("broker", {}).get("readings_sent", 0))
-        return Mark(proc, device_totals(status, run.groups[0].points), acked, int(buffer.get("pending", 0)),
-                    int(buffer.get("evicted", 0)), snap, self._broker_cpu(), self_cpu())
-
-    def _broker_cpu(self) -> float | None:
-        if self.broker is None or self.broker.poll() is not None:
-            return None
-        return cpu_seconds(self.broker.pid)
-
-    def wait_first(self, run: Run, timeout: float | None = None) -> None:
-        """Wait for the first telemetry message at the subscriber."""
-        deadline = time.monotonic() + (timeout or 30.0 + 2 * self.opts.commit_interval)
-        while run.sub.first_arrival is None:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{run.name}: no reading reached the subscriber; the gateway log ends:\n"
-                                 f"{run.gw.log_tail()}")
-            self.tick(run, "waiting for the first reading")
-            time.sleep(0.005)
-
-    def sleep(self, run: Run, what: str, seconds: float) -> None:
-        """Sleep ``seconds`` showing progress (and failing at once if the gateway dies)."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.tick(run, what, f"{left:.0f} s left")
-            time.sleep(min(left, 0.05))
-
-    def tick(self, run: Run, what: str, detail: str = "") -> None:
-        """Check the gateway is alive and show the progress line (at most 4 times a second)."""
-        run.gw.check_alive()
-        now = time.monotonic()
-        if now - self._shown >= 0.25 or what != self._what:
-            self._shown, self._what = now, what
-            delivered = f"{run.sub.snapshot().distinct:,} delivered"
-            self.progress.step(f"{run.name}: {what}", f"{detail}, {delivered}" if detail else delivered)
-
-    def finish(self, run: Run) -> None:
-        """Stop the devices, let the buffer drain, check every seq arrived, stop the gateway."""
-        produced, evicted = self._settle(run)
-        self._catch_up(run, produced)
-        verdict = run.sub.tally(produced)
-        run.result.update(wire_figures(run.sub.snapshot()))
-        usage = run.gw.stop()
-        total = max(verdict["produced"], 1)
-        run.result.update(verdict)
-        run.result.update(
-            evicted=evicted,
-            decode_errors=len(run.sub.errors),
-            gateway_warnings=run.gw.warnings(),
-            gateway_exit=usage.exit_code,
-            peak_rss_bytes=usage.peak_rss,
-            cpu_s_total=usage.cpu_s,
-            cpu_us_per_reading_run=usage.cpu_s / total * 1e6,
-            disk_bytes_total=usage.write_bytes,
-            disk_bytes_per_reading=usage.write_bytes / total,
-        )
-        run.result["ok"] = (verdict["missing"] == 0 and verdict["extra"] == 0 and evicted == 0
-                            and not run.sub.errors and usage.exit_code == 0
-                            and verdict["delivered"] == verdict["produced"])
-
-    def _settle(self, run: Run) -> tuple[dict[str, int], int]:
-        """Make every device fail; wait until all are failing and nothing is pending.
-
-        Returns each device's last committed seq, and the buffer's evicted count.
-        """
-        run.gw.devices_failing()
-        for group in run.groups:
-            group.fail()
-        last, since = -1, time.monotonic()
-        while True:
-            status = run.gw.status()
-            pending = int(status["buffer"]["pending"])
-            if pending == 0 and all(d["state"] == "error" for d in status["devices"].values()):
-                break
-            if pending != last:
-                last, since = pending, time.monotonic()
-            elif time.monotonic() - since > STALL:
-                raise BenchError(f"{run.name}: the buffer stopped draining ({pending:,} readings pending)")
-            self.tick(run, "stopping the devices, draining the buffer", f"{pending:,} pending")
-            time.sleep(0.1)
-        return {name: int(d["seq"]) for name, d in status["devices"].items()}, int(status["buffer"]["evicted"])
-
-    def _catch_up(self, run: Run, produced: dict[str, int]) -> None:
-        """Wait until the subscriber has every produced seq, or got nothing new for 10 s."""
-        total = sum(produced.values())
-        last, since = -1, time.monotonic()
-        while (got := run.sub.tally(produced)["delivered"]) < total:
-            if got != last:
-                last, since = got, time.monotonic()
-            elif time.monotonic() - since > 10.0:
-                return  # the tally will show what is missing
-            self.tick(run, "waiting for the subscriber to catch up", f"{total - got:,} to go")
-            time.sleep(0.05)
-
-
-# -- figures ----------------------------------------------------------------------------------------
-
-
-def _describe(groups: list[Group], encoding: str, commit_interval: float) -> dict[str, Any]:
-    return {
-        "devices": sum(g.count for g in groups),
-        "points_per_device": groups[0].points,
-        "groups": [{"devices": g.count, "points": g.points, "interval_s": g.interval, "driver": g.driver}
-                   for g in groups],
-        "offered_per_s": sum(g.rate for g in groups),
-        "encoding": encoding,
-        "commit_interval_s": commit_interval,
-    }
+# -- the report's header, the options --------------------------------------------------------------
 
 
 def _version() -> str:

@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from gateway.bench.run import LOOPBACK, BenchError, GroupShape
+from gateway.bench.groups import GroupShape
+from gateway.bench.run import LOOPBACK, BenchError
 
 MODBUS_REGISTERS = 100  # holding registers 0..99, one uint16 point each
 MODBUS_INTERVAL = 0.1  # seconds between polls

@@ -29,10 +29,6 @@ class ConfigDiff:
     mqtt_changed: bool = False
     restart_pending: list[str] = field(default_factory=list)  # sections that need a restart
 
-    @property
-    def empty(self) -> bool:
-        return not (self.removed or self.added or self.changed or self.mqtt_changed or self.restart_pending)
-
     def summary(self) -> str:
         parts = [f"{len(self.added)} devices added", f"{len(self.changed)} changed", f"{len(self.removed)} removed"]
         if self.mqtt_changed:

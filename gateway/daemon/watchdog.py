@@ -43,13 +43,12 @@ class Watchdog:
     """Sends ``WATCHDOG=1`` every ``period / 2`` seconds while ``check()`` returns None.
 
     ``period`` defaults to what systemd asked for (``WATCHDOG_USEC``); without it ``start()``
-    does nothing. ``beats`` counts the heartbeats sent, ``problem`` is what is wrong right now.
+    does nothing. ``problem`` is what is wrong right now.
     """
 
     def __init__(self, check: HealthCheck, *, period: float | None = None,
                  environ: Mapping[str, str] | None = None) -> None:
         self.period = watchdog_period(environ) if period is None else period
-        self.beats = 0
         self.problem: str | None = None
         self._check = check
         self._environ = environ
@@ -94,8 +93,7 @@ class Watchdog:
                 log.warning("watchdog: healthy again, heartbeat resumed")
                 notify("STATUS=running", environ=self._environ)
             self.problem, self._reported = None, False
-            if notify("WATCHDOG=1", environ=self._environ):
-                self.beats += 1
+            notify("WATCHDOG=1", environ=self._environ)
             return True
         now = time.monotonic()
         if self.problem is None:

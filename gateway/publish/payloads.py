@@ -10,9 +10,10 @@ order and the platform sees a seq gap where the poison was.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.config.settings import MqttSection
 from gateway.model import StoredBatch
@@ -96,3 +97,8 @@ def encode_parts(encode: Encode, group: list[StoredBatch]) -> tuple[list[Part], 
         except Exception:  # each encodes alone but not together: they go one by one
             pass
     return good, poison
+
+
+def json_payload(doc: dict[str, Any]) -> bytes:
+    """A JSON document (status, will, a command's result) as a compact payload."""
+    return json.dumps(doc, separators=(",", ":"), default=str).encode()

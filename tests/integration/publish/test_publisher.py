@@ -15,7 +15,7 @@ import pytest
 from gateway.buffer.queue import Buffer
 from gateway.config.settings import MqttSection, TlsSection
 from gateway.model import Batch, PointSet, StoredBatch
-from gateway.publish.publisher import Publisher
+from gateway.publish.publisher import LOG_EVERY, Publisher
 from tests.support.broker import (
     TEST_GATEWAY_ID,
     LinkProxy,
@@ -132,7 +132,9 @@ async def test_broker_stopped_mid_stream_nothing_missing_per_device(
         await sub.wait_for_async(has_all({"sim-1": 200}), timeout=10)  # mid-stream
         mosquitto.stop()
         rows_at_stop = buf.next_row
-        await until(lambda: not pub.connected and pub.failed_attempts >= 3, 10, "the publisher to notice")
+        # the loss, then reconnections refused
+        await until(lambda: not pub.connected and "Connection refused" in (pub.last_error or ""), 10,
+                    "the publisher to notice")
         await until(lambda: buf.next_row > rows_at_stop + 300, 10, "a backlog while the broker is away")
         assert not any(r >= rows_at_stop for r in buf.acked), "acked while the broker was down"
         mosquitto.start()
@@ -155,30 +157,32 @@ async def test_publish_timeout_means_dead_link_and_reconnects(
     sub = subscribe("city/#")
     buf = FakeBuffer()
     buf.add(["meter-1"], polls=10)
-    pub = await start_publisher(settings(mosquitto.host, mosquitto.port, publish_timeout=1.0), buf)
-    await sub.wait_for_async(has_all(buf.total()), timeout=10)
-    await until(lambda: len(buf.acked) == 10, 5, "the first rows acked")
+    async with LinkProxy(mosquitto.host, mosquitto.port) as proxy:  # counts the connection attempts
+        pub = await start_publisher(settings(proxy.host, proxy.port, publish_timeout=1.0), buf)
+        await sub.wait_for_async(has_all(buf.total()), timeout=10)
+        await until(lambda: len(buf.acked) == 10, 5, "the first rows acked")
 
-    mosquitto.pause()  # TCP stays up, nothing answers: a half-open link as the gateway sees it
-    try:
-        paused_at = time.monotonic()
-        buf.add(["meter-1"], polls=10)
-        await until(lambda: not pub.connected, 5, "the publish timeout to end the session")
-        noticed = time.monotonic() - paused_at
-        assert pub.last_error is not None and "no PUBACK within 1 s" in pub.last_error
-        assert len(buf.acked) == 10, "rows acked without a PUBACK"
-        # Stay frozen through attempts that get no CONNACK (each times out after 1 s).
-        await until(lambda: pub.failed_attempts >= 3, 10, "connect attempts against the frozen broker")
-        assert len(buf.acked) == 10, "rows acked without a PUBACK"
-    finally:
-        mosquitto.resume()
-    got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
-    await until(lambda: len(buf.acked) == 20, 10, "all rows acked")
-    assert noticed < 3.0
-    assert pub.connects >= 2
-    assert_in_order(got, buf.total(), exact=False)
-    await until(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
-                10, "the status back online")
+        mosquitto.pause()  # TCP stays up, nothing answers: a half-open link as the gateway sees it
+        try:
+            paused_at = time.monotonic()
+            buf.add(["meter-1"], polls=10)
+            await until(lambda: not pub.connected, 5, "the publish timeout to end the session")
+            noticed = time.monotonic() - paused_at
+            assert pub.last_error is not None and "no PUBACK within 1 s" in pub.last_error
+            assert len(buf.acked) == 10, "rows acked without a PUBACK"
+            # Stay frozen through attempts that get no CONNACK (each times out after 1 s): the
+            # session and two attempts have failed once a fourth connection comes.
+            await until(lambda: proxy.accepted >= 4, 10, "connect attempts against the frozen broker")
+            assert len(buf.acked) == 10, "rows acked without a PUBACK"
+        finally:
+            mosquitto.resume()
+        got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
+        await until(lambda: len(buf.acked) == 20, 10, "all rows acked")
+        assert noticed < 3.0
+        assert pub.connects >= 2
+        assert_in_order(got, buf.total(), exact=False)
+        await until(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
+                    10, "the status back online")
 
 
 async def test_attempts_without_connack_leave_no_connection_behind(
@@ -186,21 +190,21 @@ async def test_attempts_without_connack_leave_no_connection_behind(
 ) -> None:
     """A connect attempt that times out must not leave its socket open: the broker would accept
     that zombie when it wakes up and keep it under our client id (aiomqtt 2.5 leaves it open)."""
-    mosquitto.pause()
-    try:
-        pub = await start_publisher(settings(mosquitto.host, mosquitto.port, publish_timeout=0.5),
-                                    FakeBuffer(), backoff_initial=0.01, backoff_max=0.02)
-        await until(lambda: pub.failed_attempts >= 3, 10, "attempts against the frozen broker")
-        await pub.stop(timeout=1.0)
-    finally:
-        mosquitto.resume()
-
     def settled() -> bool:  # every connection under our client id has ended, none lingers
         log, cid = mosquitto.log(), f"city-gateway-{GW}"
         ended = log.count(f"Client {cid} disconnected.") + log.count(f"Client {cid} already connected")
         return log.count(f"as {cid} (") >= 3 and log.count(f"as {cid} (") == ended
 
-    await until(settled, 10, "every attempt's connection to end with a DISCONNECT")
+    async with LinkProxy(mosquitto.host, mosquitto.port) as proxy:  # counts the attempts, passes all else on
+        mosquitto.pause()
+        try:
+            pub = await start_publisher(settings(proxy.host, proxy.port, publish_timeout=0.5),
+                                        FakeBuffer(), backoff_initial=0.01, backoff_max=0.02)
+            await until(lambda: proxy.accepted >= 4, 10, "attempts against the frozen broker")  # three failed
+            await pub.stop(timeout=1.0)
+        finally:
+            mosquitto.resume()
+        await until(settled, 10, "every attempt's connection to end with a DISCONNECT")
 
 
 async def test_lost_link_fails_fast_and_the_will_says_offline(
@@ -297,7 +301,7 @@ async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
         for i in range(200, 300):
             buffer.put(Batch("meter-1", 1000 + i, points, [i, i + 0.5, 1.0]))
         await buffer.flush()
-        await until(lambda: pub.failed_attempts >= 2, 10, "the publisher to notice")
+        await until(lambda: "Connection refused" in (pub.last_error or ""), 10, "the publisher to notice")
         mosquitto.start()
         got = await sub.wait_for_async(has_all({"meter-1": 900}), timeout=15)
         assert_in_order(got, {"meter-1": 900}, exact=False)
@@ -322,7 +326,8 @@ async def test_unreachable_broker_is_logged_once_and_retried_with_backoff(
     broker = Mosquitto(tmp_path / "late")  # not started yet: its port refuses connections
     pub = await start_publisher(settings(broker.host, broker.port), FakeBuffer(),
                                 backoff_initial=0.02, backoff_max=0.1)
-    await until(lambda: pub.failed_attempts >= 8, 10, "several failed attempts")
+    reminder = f"broker still failing after {LOG_EVERY} attempts"  # the one line about many attempts
+    await until(lambda: any(r.getMessage().startswith(reminder) for r in caplog.records), 10, "many failed attempts")
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
     assert "Connection refused" in (pub.last_error or "")
     try:
@@ -361,14 +366,15 @@ async def test_tls_verifies_the_server_and_uses_the_client_certificate(
     )).start()
     tls = TlsSection(ca_file=d / "ca.crt", cert_file=d / "client.crt", key_file=d / "client.key")
     try:
-        pub = await start_publisher(settings(broker.host, broker.port, tls=tls), FakeBuffer())
-        if ok:
-            await until(lambda: pub.connected, 10, "a TLS connection")
-        else:
-            await until(lambda: pub.failed_attempts >= 2, 10, "failed attempts")
-            assert not pub.connected and pub.connects == 0
-            assert "certificate" in (pub.last_error or "").lower()
-        await pub.stop(timeout=2.0)
+        async with LinkProxy(broker.host, broker.port) as proxy:  # counts the attempts
+            pub = await start_publisher(settings(proxy.host, proxy.port, tls=tls), FakeBuffer())
+            if ok:
+                await until(lambda: pub.connected, 10, "a TLS connection")
+            else:
+                await until(lambda: proxy.accepted >= 3, 10, "failed attempts")  # two have failed
+                assert not pub.connected and pub.connects == 0
+                assert "certificate" in (pub.last_error or "").lower()
+            await pub.stop(timeout=2.0)
     finally:
         broker.stop()
 

@@ -199,8 +199,9 @@ async def test_a_plaintext_broker_is_never_talked_to_in_plaintext(
 ) -> None:
     broker, _ = start_broker(tmp_path / "mq")  # no TLS listener at all
     brokers.append(broker)
+    before = tls_attempts(broker, broker.port)
     pub = await start_publisher(mqtt(broker.port, tls=TlsSection(ca_file=pki.ca.cert)), buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 3, 10, "three failed attempts")
+    await until(lambda: tls_attempts(broker, broker.port) >= before + 4, 10, "three failed attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert client_sessions(broker) == 0 and "protocol error" in broker.log()
 
@@ -223,8 +224,9 @@ async def test_mtls_without_a_trusted_client_certificate_is_refused(
     tls = TlsSection(ca_file=pki.ca.cert)
     if client == "rogue":
         tls = TlsSection(ca_file=pki.ca.cert, cert_file=pki.rogue_client.cert, key_file=pki.rogue_client.key)
+    before = tls_attempts(broker, tls_port)
     pub = await start_publisher(mqtt(tls_port, tls=tls, publish_timeout=1.0), buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 2, 15, "two refused attempts")
+    await until(lambda: tls_attempts(broker, tls_port) >= before + 3, 15, "two refused attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert reason in (pub.last_error or "")
     assert len([r for r in caplog.records if reason in r.getMessage()]) == 1
@@ -273,14 +275,16 @@ async def test_password_login_from_env_or_file_and_never_in_clear(
 
 
 async def test_a_wrong_password_is_one_clear_line_and_buffering_goes_on(
-    pki: Pki, tmp_path: Path, password_broker: int, start_publisher: StartPublisher,
+    pki: Pki, tmp_path: Path, password_broker: int, brokers: list[Mosquitto], start_publisher: StartPublisher,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publish.publisher")
     path = password_config(tmp_path, password_broker, pki.ca.cert, password="${MQTT_PASSWORD}")
     config = load_config(path, environ={"MQTT_PASSWORD": "not-" + SECRET})
+    broker = brokers[-1]  # password_broker's
+    before = tls_attempts(broker, password_broker)
     pub = await start_publisher(config.mqtt, buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 4, 15, "several refused logins")
+    await until(lambda: tls_attempts(broker, password_broker) >= before + 5, 15, "several refused logins")
     assert not pub.connected and not buf.acked  # nothing taken from the buffer
     refusal = re.compile(r"not authori[sz]ed|bad user name or password", re.I)  # MQTT 3.1.1 return codes 5, 4
     assert refusal.search(pub.last_error or "")

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import lastgood
 from gateway.config.load import load_config
-from gateway.daemon.reload import ReloadQueue, diff
+from gateway.daemon.reload import ConfigDiff, ReloadQueue, diff
 
 BASE = """\
 gateway: {{id: gw1, data_dir: {data}}}
@@ -29,7 +29,7 @@ def _config(tmp_path: Path, name: str, *, host: str = "h1", max_mb: int = 10, b_
 
 def test_unchanged_config_changes_nothing(tmp_path: Path) -> None:
     change = diff(_config(tmp_path, "a.yaml"), _config(tmp_path, "b.yaml"))
-    assert change.empty
+    assert change == ConfigDiff()  # nothing to stop, start or renew
 
 
 def test_changed_added_removed_devices(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ async def test_heartbeat_every_half_period_while_healthy(receiver: Receiver) -> 
         await dog.stop()
     beats = len(receiver.drain())
     assert half_periods <= beats <= half_periods + 2, f"{beats} beats in {half_periods} half periods"
-    assert set(receiver.received) == {"WATCHDOG=1"} and dog.beats == beats
+    assert set(receiver.received) == {"WATCHDOG=1"}
 
 
 async def test_no_heartbeat_while_unhealthy_and_one_error_line(
@@ -154,10 +154,9 @@ async def test_no_heartbeat_while_unhealthy_and_one_error_line(
         await receiver.wait_for(lambda got: "WATCHDOG=1" in got)
         problem[0] = "the poll task of device meter-1 has died"
         await receiver.wait_for(lambda got: any(m.startswith("STATUS=unhealthy") for m in got))
-        beats = dog.beats
         received = len(receiver.drain())
         await asyncio.sleep(0.5)  # five periods' worth of beats would have come by now
-        assert dog.beats == beats and len(receiver.drain()) == received, "heartbeat went on"
+        assert len(receiver.drain()) == received, "heartbeat went on"
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1
         assert "meter-1 has died" in errors[0].getMessage() and "restart" in errors[0].getMessage()

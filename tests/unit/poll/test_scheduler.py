@@ -19,9 +19,10 @@ from gateway.config.settings import DeviceSpec
 from gateway.daemon.watchdog import gateway_problem
 from gateway.driver import DeviceInfo, SharedPool
 from gateway.model import Batch, PointSet, PollResult
-from gateway.poll import scheduler
+from gateway.poll import device
+from gateway.poll.device import MAX_BACKOFF, DeviceTask, backoff_delay, next_deadline
 from gateway.poll.report import ReportFilter
-from gateway.poll.scheduler import MAX_BACKOFF, DeviceTask, Scheduler, backoff_delay, next_deadline
+from gateway.poll.scheduler import Scheduler
 
 
 def test_next_deadline_on_time_keeps_grid() -> None:
@@ -374,7 +375,7 @@ class _HangingDriver(_SlowDriver):
 
 
 async def test_a_hung_poll_is_abandoned_after_the_guard_and_polling_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler, "POLL_GUARD", 0.2)
+    monkeypatch.setattr(device, "POLL_GUARD", 0.2)
     loop = asyncio.get_running_loop()
     batches: list[Batch] = []
     changed: list[tuple[float, str]] = []
@@ -403,7 +404,7 @@ async def test_stopping_a_device_in_a_hung_poll_is_not_a_device_error() -> None:
 def _guarded_device(monkeypatch: pytest.MonkeyPatch, guard: float, driver: type, interval: float,
                     ) -> tuple[Scheduler, DeviceTask, list[Batch]]:
     """One device of ``driver`` polled every ``interval`` with POLL_GUARD set to ``guard``."""
-    monkeypatch.setattr(scheduler, "POLL_GUARD", guard)
+    monkeypatch.setattr(device, "POLL_GUARD", guard)
     batches: list[Batch] = []
     sched = Scheduler(sink=batches.append, on_change=lambda: None)
     return sched, sched.add(_spec("dev", interval), driver), batches
@@ -467,7 +468,7 @@ class _NeighbourDriver(_SlowDriver):
 def _stuck_on_a_bus(monkeypatch: pytest.MonkeyPatch) -> tuple[Scheduler, DeviceTask, DeviceTask, list[Batch]]:
     """A device whose second poll ignores cancellation, and a neighbour on its bus (guard 0.1 s, grace 0.2 s)."""
     monkeypatch.setattr(_StuckDriver, "unstuck", asyncio.Event())
-    monkeypatch.setattr(scheduler, "CANCEL_GRACE", 0.2, raising=False)
+    monkeypatch.setattr(device, "CANCEL_GRACE", 0.2, raising=False)
     sched, stuck, batches = _guarded_device(monkeypatch, 0.1, _StuckDriver, 0.02)
     return sched, stuck, sched.add(_spec("other", 0.02), _NeighbourDriver), batches  # type: ignore[arg-type]
 
@@ -488,12 +489,12 @@ async def test_a_poll_that_ignores_cancellation_frees_the_bus_and_does_not_hold_
         await asyncio.wait_for(sched.stop_all(), 5.0)
         assert time.monotonic() - started < 2.0  # the grace (0.2 s) and the driver's close, not forever
         assert not stuck.alive and not other.alive
-        left = set(scheduler._abandoned)
+        left = set(sched._left_behind)
         assert len(left) == 1  # the stuck poll, kept referenced until it ends
     finally:
         _StuckDriver.unstuck.set()
     await asyncio.wait(left, timeout=5)
-    assert not scheduler._abandoned
+    assert not sched._left_behind
     assert [b.values for b in batches if b.device == "dev"] == [[1]]  # nothing from after the stop
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert logged == [

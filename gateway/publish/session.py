@@ -1,0 +1,269 @@
+"""One MQTT session of the publisher: status first, the link watch, remote commands, the drain.
+
+gateway.publish.publisher makes a Session per connection (a new client each time) and owns what
+outlives it: the reconnects, the counters, the Signals. A Session publishes the retained status,
+fails the moment paho reports the link lost, answers remote commands in tasks of their own, and
+sends every committed row after its cursor with a bounded window of PUBACKs in flight (held back
+per device for ``batch.linger``, paced to ``max_rate``); a PUBACK acks the rows it carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from gateway.model import StoredBatch
+from gateway.publish.mqttlink import LinkDead, PahoLog
+from gateway.publish.payloads import json_payload
+from gateway.timers import SharedTimeout
+from gateway.wire.encoding import messages_of
+
+if TYPE_CHECKING:
+    from gateway.publish.publisher import BufferLike, Publisher
+
+log = logging.getLogger("gateway.publish.publisher")  # the publisher's decisions, under its name
+
+STATUS_MIN_GAP = 1.0  # status_changed() storms collapse into one publish per this many seconds
+# Seconds the drain may run before it lets the rest of the event loop in. Not after every message:
+# messages queued in one go leave in one socket write (paho asks the loop to watch for
+# writability once per burst, not per message), which at 10 messages a second halves their cost.
+YIELD_EVERY = 0.002
+HOLD_RECHECK = 1.0  # seconds between looks at the clock while readings are held back
+MAX_COMMANDS = 32  # remote commands in progress per session; beyond that one is dropped (logged)
+# A remote command: (device, payload, retained) -> the result to publish (see gateway/publish/commands.py)
+CommandHandler = Callable[[str, bytes, bool], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class Signals:
+    """What the publisher tells its session of the moment (and the buffer tells both)."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the buffer committed new rows
+    status_due: asyncio.Event = field(default_factory=asyncio.Event)  # a status change wants publishing
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # stop(): say goodbye and end
+    stop_deadline: float = math.inf  # loop time the goodbye must be done by
+
+
+class Session:
+    """One connection: status first, then drain the buffer with a bounded window in flight.
+
+    ``pub`` lends its settings, topics, payloads and counters; ``signals`` and ``buffer`` are the
+    publisher's; ``on_up`` is called once the broker took the first status.
+    """
+
+    def __init__(self, pub: Publisher, client: aiomqtt.Client, paho_log: PahoLog, *, buffer: BufferLike,
+                 signals: Signals, on_up: Callable[[], None]) -> None:
+        self.pub = pub
+        self.client = client
+        self.paho_log = paho_log
+        self.buffer = buffer
+        self.signals = signals
+        self.on_up = on_up
+        self.commands_on = False  # subscribed to remote commands (the broker sent a SUBACK)
+        self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
+        self._puback = SharedTimeout(pub.mqtt.publish_timeout)  # a PUBACK later than this: link dead
+        self.tg = asyncio.TaskGroup()
+        self.sends: set[asyncio.Task[None]] = set()
+        self.commands: set[asyncio.Task[None]] = set()
+        self.fetch_readings = max(4 * pub.mqtt.batch.max_readings, 1000)
+        self._yielded = 0.0  # loop time the drain last let the rest of the loop in
+        # max_rate: a token bucket of one second's readings or one message, full at the start
+        self._burst = max(pub.mqtt.max_rate or 0.0, float(pub.mqtt.batch.max_readings))
+        self._tokens, self._refilled = self._burst, asyncio.get_running_loop().time()
+
+    async def serve(self) -> None:
+        """Return after the goodbye when stop() asks; raise when the link fails."""
+        try:
+            await self._serve()
+        finally:
+            self._puback.close()
+
+    async def _serve(self) -> None:
+        pub = self.pub
+        async with self.tg:
+            watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
+            self.signals.status_due.clear()
+            await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
+            self.on_up()
+            if pub.on_command is not None:
+                await self._subscribe_commands()
+            loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
+                     self.tg.create_task(self._drain(), name="mqtt-drain")]
+            await self.signals.stop.wait()
+            for task in loops:
+                task.cancel()
+            timeout = max(0.1, self.signals.stop_deadline - asyncio.get_running_loop().time())
+            await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
+                                timeout=timeout)
+            for task in (*self.sends, *self.commands, watcher):  # PUBACKs come in order: the sends are done
+                task.cancel()
+
+    async def _watch_link(self) -> None:
+        """Fail the session the moment paho reports the link lost (publish() alone would not)."""
+        try:
+            async for message in self.client.messages:  # iterating is what surfaces the disconnect
+                self._command(message)  # only remote commands are subscribed to
+        except aiomqtt.MqttError as exc:
+            rc = getattr(exc.__cause__, "rc", None)
+            if self.paho_log.socket_error:
+                raise LinkDead(f"connection lost: {self.paho_log.socket_error}") from exc
+            if getattr(rc, "value", 128) != 128:  # 128 is "Unspecified error": says nothing
+                raise LinkDead(f"connection lost: {rc}") from exc
+            raise LinkDead("connection closed by the broker or the network") from exc
+
+    async def _subscribe_commands(self) -> None:
+        """Subscribe (QoS 1) to remote commands; a refusal (broker ACL) leaves them off, logged."""
+        pub = self.pub
+        try:
+            async with asyncio.timeout(pub.mqtt.publish_timeout):
+                granted = await self.client.subscribe(pub.command_topic, qos=1, timeout=math.inf)
+        except TimeoutError:
+            raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
+        code = granted[0] if granted else 128
+        if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
+            log.error("the broker refused the subscription to %s (its ACL?): no remote commands on this connection",
+                      pub.command_topic)
+            return
+        self.commands_on = True
+        log.debug("subscribed to remote commands on %s", pub.command_topic)
+
+    def _command(self, message: aiomqtt.Message) -> None:
+        """Answer a remote command in a task of its own: the link watch and the drain never wait for it."""
+        pub = self.pub
+        if pub.on_command is None or not message.topic.matches(pub.command_topic):
+            return
+        topic = message.topic.value
+        if len(self.commands) >= MAX_COMMANDS:
+            log.warning("command on %r dropped unanswered: %d commands in progress", topic, len(self.commands))
+            return
+        device = topic[len(pub.command_topic) - len("+/cmd"):-len("/cmd")]
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+        task = self.tg.create_task(self._answer(device, payload, message.retain, f"{topic}/result"))
+        self.commands.add(task)
+        task.add_done_callback(self.commands.discard)
+
+    async def _answer(self, device: str, payload: bytes, retained: bool, topic: str) -> None:
+        assert self.pub.on_command is not None
+        try:
+            result = await self.pub.on_command(device, payload, retained)
+        except Exception:  # a bug in the handler must not end the session
+            log.exception("remote command for %r failed", device)
+            return
+        await self._publish(topic, json_payload(result))  # QoS 1, not retained
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                       timeout: float | None = None, slot_taken: bool = False) -> None:
+        """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
+        limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
+        # The usual limit is one timer for every message in flight (gateway.timers), not one per message.
+        guard = self._puback if timeout is None else asyncio.timeout(timeout)
+        if not slot_taken:
+            await self.window.acquire()
+        try:
+            async with guard:
+                await self.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+        except TimeoutError:
+            raise LinkDead(f"no PUBACK within {limit:g} s") from None
+        finally:
+            self.window.release()
+
+    async def _status_loop(self) -> None:
+        pub = self.pub
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.signals.status_due.wait(), pub.status_period)
+            self.signals.status_due.clear()
+            await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
+            await asyncio.sleep(STATUS_MIN_GAP)
+
+    async def _drain(self) -> None:
+        """Send every committed row after the cursor, in row order; then wait for the next commit.
+
+        A device's fetched batches are held until they fill a message (``batch.max_readings``)
+        or the oldest has waited ``batch.linger``; with linger 0 everything fetched goes at once.
+        """
+        pub = self.pub
+        linger = pub.mqtt.batch.linger
+        loop = asyncio.get_running_loop()
+        cursor = 0  # a new connection resends whatever is still un-acked
+        held: dict[str, list[StoredBatch]] = {}  # fetched, not yet sent, per device
+        since: dict[str, float] = {}  # loop time the device's oldest held batch was fetched
+        self._yielded = loop.time()
+        while True:
+            self.signals.wake.clear()
+            fetched = await self.buffer.fetch(cursor, self.fetch_readings)
+            batches = pub.clock.release(fetched)  # readings of an unsynced clock wait for it
+            now = loop.time()
+            for batch in batches:
+                held.setdefault(batch.device, []).append(batch)
+                since.setdefault(batch.device, now)
+            if batches:
+                cursor = batches[-1].row
+            for device in list(held):
+                keep = await self._send_ready(device, held[device], now - since[device] >= linger)
+                if keep:
+                    held[device] = keep
+                else:
+                    del held[device], since[device]
+            if batches:
+                continue  # more may be committed already
+            timeout = min((since[d] + linger - loop.time() for d in held), default=None)
+            if fetched and (timeout is None or timeout > HOLD_RECHECK):  # held back by the clock
+                timeout = HOLD_RECHECK
+            if timeout is None:
+                await self.signals.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.signals.wake.wait(), max(timeout, 0.0))
+
+    async def _send_ready(self, device: str, batches: list[StoredBatch], due: bool) -> list[StoredBatch]:
+        """Send the full messages of ``batches`` (all of them if ``due``); return what is left."""
+        limit = self.pub.mqtt.batch.max_readings
+        groups = [group for _, group in messages_of(batches, limit)]
+        if not due and sum(len(b) for b in groups[-1]) < limit:
+            groups, keep = groups[:-1], groups[-1]
+        else:
+            keep = []
+        loop = asyncio.get_running_loop()
+        for group in groups:
+            for part, payload in self.pub.payloads.of(device, group):
+                await self._pace(sum(len(b) for b in part))
+                # Take the window slot here, so the tasks start (and call paho) in creation order.
+                await self.window.acquire()
+                task = self.tg.create_task(self._send(device, part, payload))
+                self.sends.add(task)
+                task.add_done_callback(self.sends.discard)
+                if loop.time() - self._yielded >= YIELD_EVERY:  # a long backlog must not starve the polls
+                    await asyncio.sleep(0)
+                    self._yielded = loop.time()
+        return keep
+
+    async def _pace(self, readings: int) -> None:
+        """Keep to ``mqtt.max_rate`` readings per second (a token bucket of one second or one message)."""
+        rate = self.pub.mqtt.max_rate
+        if rate is None:
+            return
+        loop = asyncio.get_running_loop()
+        burst = self._burst
+        now = loop.time()
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < readings:
+            await asyncio.sleep((min(readings, burst) - self._tokens) / rate)
+            self._tokens, self._refilled = min(readings, burst), loop.time()
+        self._tokens -= readings
+
+    async def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
+        """Publish one telemetry message (window slot already taken); ack its rows on PUBACK."""
+        await self._publish(self.pub.telemetry_topic.format(device=device), payload, slot_taken=True)
+        self.buffer.ack([b.row for b in group])
+        self.pub.messages_sent += 1
+        self.pub.readings_sent += sum(len(b.values) for b in group)
