@@ -943,7 +943,9 @@ async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any
     """flow.busy is the loop thread's CPU time over the wall time of the last commit interval. A thread
     that spins gets a whole core only on an idle machine (on a shared one, far less): compare with
     what this thread, the loop's, was given over the same interval, not with a constant."""
-    buf = await make(commit_interval=0.25)
+    # Whole seconds: the test sees a new figure a little after the buffer measured it, and on a loaded
+    # machine that lag is tens of milliseconds, small against a second, large against 250 ms.
+    buf = await make(commit_interval=1.0)
     loop = asyncio.get_running_loop()
     seen = buf.flow.busy
     marks: list[tuple[float, float]] = []  # (wall, thread CPU) where the buffer measured anew
@@ -956,4 +958,4 @@ async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any
                 seen = buf.flow.busy
                 marks.append((loop.time(), time.thread_time()))
     (wall0, cpu0), (wall1, cpu1) = marks[-2:]
-    assert buf.flow.busy == pytest.approx((cpu1 - cpu0) / (wall1 - wall0), abs=0.1)
+    assert buf.flow.busy == pytest.approx((cpu1 - cpu0) / (wall1 - wall0), abs=0.12)
