@@ -227,6 +227,9 @@ class Link:
 
         from drivers.modbus import blockpdu
 
+        # pymodbus logs every failed connect and timeout; the scheduler logs state changes instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
         self._timeout_errors = (ModbusIOException, asyncio.TimeoutError)
         self._link_errors = (ConnectionException, OSError)
         client = _new_client(self.connection, self._name, self._trace_packet)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from drivers.modbus.bus import Link, LinkError
-from drivers.modbus.config import ModbusConfig
+from drivers.modbus.config import ModbusConfig, overlapping_points
 from drivers.modbus.connection import check_shared_ports
 from drivers.modbus.decode import (
     ILLEGAL_ADDRESS,
@@ -30,10 +30,8 @@ from drivers.modbus.decode import (
     split_block,
 )
 from drivers.modbus.encode import WritePlan, merge_byte, plan_write
-from drivers.modbus.portlock import Holder, lock_holder
-from drivers.modbus.scan import Prober
 from drivers.modbus.trace import FrameTrace
-from gateway.driver import DeviceInfo, DriverError, Inspection, PointRow, WriteRefused
+from gateway.driver import DeviceInfo, DeviceProblem, DriverError, DriverTools, Inspection, PointRow, WriteRefused
 from gateway.model import PointSet, PollResult
 
 # Exception codes by which a TCP gateway says the unit behind it did not answer.
@@ -104,13 +102,16 @@ class ModbusDriver:
         self._phase = 0  # polls so far: poll k reads the points with k % every == 0
 
     @classmethod
-    def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[tuple[str, str]]:
-        """Cross-device checks: devices sharing a serial port or server must agree on its settings.
+    def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[DeviceProblem]:
+        """The config's checks across points and devices: devices sharing a serial port or server
+        agree on its settings, and no two points of a device overlap.
 
-        ``devices``: (name, config) of every enabled modbus device, in config order. Returns
-        (device name, message) for each device in conflict with an earlier one.
+        ``devices``: (name, config) of every modbus device, in config order.
         """
-        return check_shared_ports(devices)
+        problems = [DeviceProblem(name, message) for name, message in check_shared_ports(devices)]
+        for name, config in devices:
+            problems += overlapping_points(name, config.points)
+        return problems
 
     @staticmethod
     def serial_ports(config: ModbusConfig) -> set[str]:
@@ -119,14 +120,12 @@ class ModbusDriver:
         return {port} if port else set()
 
     @staticmethod
-    def prober(connection: Mapping[str, Any]) -> Prober:
-        """For ``gateway scan``: a Prober of unit ids on the line ``connection`` describes."""
-        return Prober(connection)
+    def tools() -> DriverTools:
+        """``gateway scan`` and ``gateway read --port/--host ...``: see ``scancli`` and ``direct``."""
+        from drivers.modbus.direct import DIRECT_READ  # argparse code: imported only for the tools
+        from drivers.modbus.scancli import SCAN
 
-    @staticmethod
-    def port_holder(port: str) -> Holder | None:
-        """For the tools: the process holding serial port ``port`` (locked exclusively), or None."""
-        return lock_holder(port)
+        return DriverTools(commands=(SCAN,), direct_read=DIRECT_READ)
 
     @property
     def blocks(self) -> tuple[Block, ...]:
