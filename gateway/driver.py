@@ -7,6 +7,7 @@ registered in the ``gateway.drivers`` entry-point group and loaded only when a c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -75,16 +76,31 @@ class Inspection(TypedDict):
 
 
 class SharedPool:
-    """Connections shared by several devices (units on one RS-485 port, one serial server).
+    """The owner of the shared lines: one connection per line, and the turns on it.
 
-    Owned by the daemon and handed to every driver in DeviceInfo, so drivers need no global table.
-    ``acquire(key, factory)`` returns the one object for ``key``, made by ``factory()`` on first use;
-    ``release(key)`` returns the object when its last user released it (the caller closes it), else
-    None.
+    A shared line is a physical bus several devices use: units on one RS-485 port, on one serial
+    device server. The daemon owns one pool (the scheduler's ``shared``) and hands it to every
+    driver in DeviceInfo, so drivers need no global table. For each line, named by a key (a
+    driver's ``bus``), the pool keeps:
+
+    - the connection: ``acquire(key, factory)`` returns the one object for ``key``, made by
+      ``factory()`` on first use; ``release(key)`` returns the object when its last user released
+      it (the caller closes it), else None.
+    - the turn: ``turn(key)``, one asyncio.Lock per line, made on first use and kept for the
+      pool's life. Whoever holds it has the line to itself, so one request is on the wire at a
+      time: the scheduler holds it for a device's whole poll (open included), the daemon's tools
+      (``gateway read``/``write``, remote commands) for one read or write, and the scheduler's
+      hung-poll guard takes it back from a poll that ignores its cancel.
+
+    This is the one place turn-taking lives: a driver takes no lock of its own for the line (its
+    requests run in its caller's turn); it only keeps its own state consistent (e.g. a poll and a
+    tool's read of one device in order). Outside the daemon (the command-line tools), one task
+    uses the pool at a time.
     """
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[Any, int]] = {}
+        self._turns: dict[str, asyncio.Lock] = {}
 
     def acquire(self, key: str, factory: Callable[[], Any]) -> Any:
         item, users = self._items.get(key, (None, 0))
@@ -101,8 +117,9 @@ class SharedPool:
         self._items[key] = (item, users - 1)
         return None
 
-    def users(self, key: str) -> int:
-        return self._items.get(key, (None, 0))[1]
+    def turn(self, key: str) -> asyncio.Lock:
+        """The lock of line ``key``: its holder has the line to itself (the same lock for the pool's life)."""
+        return self._turns.setdefault(key, asyncio.Lock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +140,7 @@ class Driver(Protocol):
       of the device entry other than ``name``, ``driver``, ``interval`` and ``enabled``.
     - ``points``: the points it reports, fixed at construction.
     - ``bus``: a key naming a shared physical line (an RS-485 port), or None. Devices with the same
-      bus key are polled one at a time.
+      bus key are polled one at a time: they take turns on it (``SharedPool.turn``).
     - ``open``/``close``: acquire and release the connection; ``open`` may raise DriverError.
     - ``poll``: read every point once. Returns values plus per-point errors; raises DriverError
       when the device did not answer at all. A driver never sleeps to pace itself.
@@ -131,7 +148,7 @@ class Driver(Protocol):
     loads them.
 
     Optional, for the technician tools (``gateway read`` / ``write``, also through a running
-    daemon, which calls them under the device's bus lock; a driver without them is read with
+    daemon, which calls them in the turn of the device's bus; a driver without them is read with
     ``poll`` and refuses writes):
 
     - ``async def write(self, point: str, value: Any) -> str | None``: write one point. ``value``

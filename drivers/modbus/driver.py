@@ -54,7 +54,8 @@ class ModbusDriver:
     gateway exception 10/11) raises DriverError; the next poll opens the connection again.
 
     Devices on one serial port (or one RTU-over-TCP server) share one connection from the
-    daemon's SharedPool, and ``bus`` names it so the scheduler polls them one at a time.
+    daemon's SharedPool, and ``bus`` names it: the devices take turns on it (SharedPool's turn,
+    see there), so the driver takes no lock for the line.
 
     ``counters`` (since construction): ``polls`` (attempts), ``requests`` sent, ``timeouts``,
     ``crc_errors`` (answers failing their CRC/LRC), ``exceptions`` (exception responses),
@@ -62,9 +63,10 @@ class ModbusDriver:
     ``writes`` and ``tool_reads`` (``inspect`` calls, i.e. technicians' reads).
 
     For the technician tools: ``write`` (see ``encode.py`` for what is accepted and refused)
-    and ``inspect`` (one read now, with the raw registers and optionally the frames). A poll, a
-    write and an inspect of one device never overlap (one lock per driver); the daemon runs the
-    last two under the device's bus lock too.
+    and ``inspect`` (one read now, with the raw registers and optionally the frames). An open, a
+    poll, a write and an inspect of one device never overlap (one lock per driver, for the
+    device's own state: its plans, counters and link); the daemon runs the tools in the turn of
+    the device's bus, like its polls.
     """
 
     Config: ClassVar[type[BaseModel]] = ModbusConfig
@@ -92,7 +94,7 @@ class ModbusDriver:
             "last_poll_seconds": 0.0,
         }
         self._link: Link | None = None
-        self._busy = asyncio.Lock()  # one poll, write or inspect of this device at a time
+        self._busy = asyncio.Lock()  # one open, poll, write or inspect of this device at a time
         self._index = {p.name: i for i, p in enumerate(self._points)}
         self._raw: dict[int, str] | None = None  # while inspecting: the raw data of each point read
         # Slow points (``every: N``): the distinct N > 1, and per phase (which of them are due) its
@@ -134,7 +136,8 @@ class ModbusDriver:
 
     async def open(self) -> None:
         """Open the connection (or join the shared one); raises DriverError when it cannot."""
-        await self._counted(self._acquire().open(self._timeout))
+        async with self._busy:
+            await self._counted(self._acquire().open(self._timeout))
 
     async def poll(self) -> PollResult:
         """Read the points due; raises DriverError when the unit gave no valid answer.

@@ -2,7 +2,8 @@
 
 Each device has its own task, started and stopped alone (a reload restarts only what changed).
 Devices that share a physical bus (the driver's ``bus`` key) take turns through one lock per bus,
-so one request is on the line at a time. Time belongs to the scheduler: drivers never sleep.
+so one request is on the line at a time (the turn is ``gateway.driver.SharedPool``'s: see there).
+Time belongs to the scheduler: drivers never sleep.
 """
 
 from __future__ import annotations
@@ -383,7 +384,6 @@ class Scheduler:
         self._stamp = stamp
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
-        self._bus_locks: dict[str, asyncio.Lock] = {}
         self.shared = SharedPool()
 
     def add(self, spec: DeviceSpec, driver_cls: type[Driver]) -> DeviceTask:
@@ -404,7 +404,7 @@ class Scheduler:
             data_dir=self._data_dir, congested=self._congested, relief=self._relief, stamp=self._stamp,
         )
         if task.bus is not None:
-            task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
+            task.bus_lock = self.shared.turn(task.bus)
         return task
 
     async def swap(self, remove: list[str], start: list[DeviceTask]) -> None:
