@@ -45,7 +45,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 VIA_DAEMON = "through the running gateway"
 DIRECT = "direct"
-DAEMON_TIMEOUT = 60.0  # seconds: the request waits for the bus lock, then for the device
+DAEMON_TIMEOUT = 60.0  # seconds: the request waits for the line's turn, then for the device
 
 
 def add_tool_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None],
