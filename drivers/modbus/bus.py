@@ -1,14 +1,18 @@
 """The line under a modbus device: a serial port, a serial device server, or a TCP connection.
 
-A ``Link`` owns one pymodbus client and puts one request at a time on it, keeping the
-connection's frame gap of silence between the end of one frame and the next request (bus
-pacing: the scheduler decides when a device polls, the link only spaces frames on the wire).
+A ``Link`` owns one pymodbus client and keeps the connection's frame gap of silence between the
+end of one frame and the next request (bus pacing: the scheduler decides when a device polls,
+the link only spaces frames on the wire).
 
 Serial (RTU, ASCII) and RTU-over-TCP links are shared by every device naming the same port or
 server: drivers get them from the daemon's ``SharedPool`` under the connection's ``bus_key``.
 A TCP link belongs to one device. pymodbus is imported when the first client is made.
 
-Writes (FC 5, 6, 15, 16) go through the same lock and gap as reads. A ``FrameTrace`` attached as
+A link takes no lock: one request at a time is its caller's turn on the line
+(``gateway.driver.SharedPool`` says who takes turns, and how), and within one device the
+driver's own lock orders a poll, a write and a technician's read.
+
+Writes (FC 5, 6, 15, 16) keep the same gap as reads. A ``FrameTrace`` attached as
 ``tracer`` records every frame sent and received (pymodbus' ``trace_packet`` hook) with each
 request's outcome, for ``gateway read --trace``.
 
@@ -59,7 +63,7 @@ class LinkError(DriverError):
 
 
 class Link:
-    """One client, one request at a time, frames spaced by ``gap`` seconds."""
+    """One client, frames spaced by ``gap`` seconds; used by one task at a time (the line's turn)."""
 
     def __init__(self, connection: LinkConnection, *, name: str) -> None:
         self.connection = connection
@@ -72,7 +76,6 @@ class Link:
         self._client: Any = None
         self._readers: dict[str, Callable[..., Any]] = {}
         self._writers: dict[int, Callable[..., Any]] = {}
-        self._lock = asyncio.Lock()
         self._quiet_since = 0.0  # monotonic time the line last went quiet
         self._was_open = False
         self._timeout_errors: tuple[type[BaseException], ...] = ()
@@ -86,8 +89,7 @@ class Link:
 
     async def open(self, timeout: float) -> None:
         """Open the connection unless it is open; raises LinkError (kind connect or gone)."""
-        async with self._lock:
-            await self._open(timeout)
+        await self._open(timeout)
 
     async def read(self, table: str, start: int, count: int, *, unit: int, timeout: float) -> Any:
         """Send one read request and return the pymodbus response (exception responses included).
@@ -107,15 +109,14 @@ class Link:
         )
 
     async def _exchange(self, send: Callable[[], Any], unit: int, timeout: float) -> Any:
-        async with self._lock:
-            await self._open(timeout)
-            wait = self._quiet_since + self.gap - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)  # bus pacing: silence between frames on the wire
-            try:
-                return await self._request(send, unit, timeout)
-            finally:
-                self._quiet_since = time.monotonic()
+        await self._open(timeout)
+        wait = self._quiet_since + self.gap - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # bus pacing: silence between frames on the wire
+        try:
+            return await self._request(send, unit, timeout)
+        finally:
+            self._quiet_since = time.monotonic()
 
     def close(self) -> None:
         """Close the connection; a later request opens a new one."""
@@ -226,6 +227,9 @@ class Link:
         from pymodbus.exceptions import ConnectionException, ModbusIOException
 
         from drivers.modbus import blockpdu
+
+        # pymodbus logs every failed connect and timeout; the scheduler logs state changes instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
         self._timeout_errors = (ModbusIOException, asyncio.TimeoutError)
         self._link_errors = (ConnectionException, OSError)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from drivers.modbus.connection import Connection, RtuOverTcpConnection, SerialConnection, TcpConnection
+from gateway.driver import DeviceProblem
 from gateway.fields import Name
 
 __all__ = [
@@ -244,3 +246,38 @@ def inherit_byte_order(data: dict[str, Any]) -> dict[str, Any]:
         {**p, "byte_order": order} if isinstance(p, dict) and "byte_order" not in p else p for p in points
     ]
     return data
+
+
+def overlapping_points(device: str, points: Sequence[Point]) -> list[DeviceProblem]:
+    """Points of ``device`` addressing the same register or bit of the same table.
+
+    Each overlap is reported at the point written later, naming the earlier one (whose line the
+    config loader adds): ``point 'level' (holding 11) overlaps point 'temp' (holding 10-11)``.
+    Bits of one register (``bit``) may share it with each other and with views of the whole register.
+    """
+    spans = []
+    for k, point in enumerate(points):
+        if point.count is None:
+            return []  # a string without its count: the model has said so
+        table = point.table if point.bit is None else f"{point.table} bit {point.bit}"
+        spans.append((table, point.address, point.address + max(point.count, 1) - 1, k, point.name))
+    spans.sort()
+    problems = []
+    widest: tuple[str, int, int, int, str] | None = None  # the span reaching furthest so far
+    for span in spans:
+        if widest is not None and widest[0] == span[0] and span[1] <= widest[2]:
+            later, earlier = (span, widest) if span[3] > widest[3] else (widest, span)
+            problems.append(DeviceProblem(
+                device,
+                f"point {later[4]!r} ({later[0]} {_span(later[1], later[2])}) overlaps point "
+                f"{earlier[4]!r} ({earlier[0]} {_span(earlier[1], earlier[2])})",
+                at=("points", later[3], "address"),
+                see=("points", earlier[3]),
+            ))
+        if widest is None or widest[0] != span[0] or span[2] > widest[2]:
+            widest = span
+    return problems
+
+
+def _span(start: int, end: int) -> str:
+    return str(start) if start == end else f"{start}-{end}"

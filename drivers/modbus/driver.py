@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from drivers.modbus.bus import Link, LinkError
-from drivers.modbus.config import ModbusConfig
+from drivers.modbus.config import ModbusConfig, overlapping_points
 from drivers.modbus.connection import check_shared_ports
 from drivers.modbus.decode import (
     ILLEGAL_ADDRESS,
@@ -30,10 +30,8 @@ from drivers.modbus.decode import (
     split_block,
 )
 from drivers.modbus.encode import WritePlan, merge_byte, plan_write
-from drivers.modbus.portlock import Holder, lock_holder
-from drivers.modbus.scan import Prober
 from drivers.modbus.trace import FrameTrace
-from gateway.driver import DeviceInfo, DriverError, Inspection, PointRow, WriteRefused
+from gateway.driver import DeviceInfo, DeviceProblem, DriverError, DriverTools, Inspection, PointRow, WriteRefused
 from gateway.model import PointSet, PollResult
 
 # Exception codes by which a TCP gateway says the unit behind it did not answer.
@@ -57,7 +55,8 @@ class ModbusDriver:
     After close, poll reopens the link.
 
     Devices on one serial port (or one RTU-over-TCP server) share one connection from the
-    daemon's SharedPool, and ``bus`` names it so the scheduler polls them one at a time.
+    daemon's SharedPool, and ``bus`` names it: the devices take turns on it (SharedPool's turn,
+    see there), so the driver takes no lock for the line.
 
     ``counters`` (since construction): ``polls`` (attempts), ``requests`` sent, ``timeouts``,
     ``crc_errors`` (answers failing their CRC/LRC), ``exceptions`` (exception responses),
@@ -65,9 +64,10 @@ class ModbusDriver:
     ``writes`` and ``tool_reads`` (``inspect`` calls, i.e. technicians' reads).
 
     For the technician tools: ``write`` (see ``encode.py`` for what is accepted and refused)
-    and ``inspect`` (one read now, with the raw registers and optionally the frames). A poll, a
-    write and an inspect of one device never overlap (one lock per driver); the daemon runs the
-    last two under the device's bus lock too.
+    and ``inspect`` (one read now, with the raw registers and optionally the frames). An open, a
+    poll, a write and an inspect of one device never overlap (one lock per driver, for the
+    device's own state: its plans, counters and link); the daemon runs the tools in the turn of
+    the device's bus, like its polls.
     """
 
     Config: ClassVar[type[BaseModel]] = ModbusConfig
@@ -95,7 +95,7 @@ class ModbusDriver:
             "last_poll_seconds": 0.0,
         }
         self._link: Link | None = None
-        self._busy = asyncio.Lock()  # one poll, write or inspect of this device at a time
+        self._busy = asyncio.Lock()  # one open, poll, write or inspect of this device at a time
         self._index = {p.name: i for i, p in enumerate(self._points)}
         self._raw: dict[int, str] | None = None  # while inspecting: the raw data of each point read
         # Slow points (``every: N``): the distinct N > 1, and per phase (which of them are due) its
@@ -105,13 +105,16 @@ class ModbusDriver:
         self._phase = 0  # polls so far: poll k reads the points with k % every == 0
 
     @classmethod
-    def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[tuple[str, str]]:
-        """Cross-device checks: devices sharing a serial port or server must agree on its settings.
+    def check_devices(cls, devices: Sequence[tuple[str, ModbusConfig]]) -> list[DeviceProblem]:
+        """The config's checks across points and devices: devices sharing a serial port or server
+        agree on its settings, and no two points of a device overlap.
 
-        ``devices``: (name, config) of every enabled modbus device, in config order. Returns
-        (device name, message) for each device in conflict with an earlier one.
+        ``devices``: (name, config) of every modbus device, in config order.
         """
-        return check_shared_ports(devices)
+        problems = [DeviceProblem(name, message) for name, message in check_shared_ports(devices)]
+        for name, config in devices:
+            problems += overlapping_points(name, config.points)
+        return problems
 
     @staticmethod
     def serial_ports(config: ModbusConfig) -> set[str]:
@@ -120,14 +123,12 @@ class ModbusDriver:
         return {port} if port else set()
 
     @staticmethod
-    def prober(connection: Mapping[str, Any]) -> Prober:
-        """For ``gateway scan``: a Prober of unit ids on the line ``connection`` describes."""
-        return Prober(connection)
+    def tools() -> DriverTools:
+        """``gateway scan`` and ``gateway read --port/--host ...``: see ``scancli`` and ``direct``."""
+        from drivers.modbus.direct import DIRECT_READ  # argparse code: imported only for the tools
+        from drivers.modbus.scancli import SCAN
 
-    @staticmethod
-    def port_holder(port: str) -> Holder | None:
-        """For the tools: the process holding serial port ``port`` (locked exclusively), or None."""
-        return lock_holder(port)
+        return DriverTools(commands=(SCAN,), direct_read=DIRECT_READ)
 
     @property
     def blocks(self) -> tuple[Block, ...]:
@@ -136,7 +137,8 @@ class ModbusDriver:
 
     async def open(self) -> None:
         """Open the connection (or join the shared one); raises DriverError when it cannot."""
-        await self._counted(self._acquire().open(self._timeout))
+        async with self._busy:
+            await self._counted(self._acquire().open(self._timeout))
 
     async def poll(self) -> PollResult:
         """Read the points due; raises DriverError when the unit gave no valid answer.

@@ -8,7 +8,7 @@ that fails its CRC is reported too (as garbled): something answered, but the set
 or two units with one id spoil it.
 
 The serial port is opened exclusively, like the daemon's: a port another process holds (the
-running gateway) cannot be scanned, and the driver's ``port_holder`` says who holds it.
+running gateway) cannot be scanned, and ``portlock.lock_holder`` says who holds it.
 """
 
 from __future__ import annotations

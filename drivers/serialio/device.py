@@ -28,7 +28,7 @@ from drivers.serialio.collect import Collector
 from drivers.serialio.framing import Parser, Record
 from drivers.serialio.port import SerialPort
 from drivers.serialio.settings import SerialSettings, check_one_device_per_port, default_stale_after
-from gateway.driver import DeviceInfo, DriverError
+from gateway.driver import DeviceInfo, DeviceProblem, DriverError
 from gateway.model import PointSet, PollResult
 
 # The first poll after open waits for data at most this long past the poll interval, so that the
@@ -88,9 +88,9 @@ class SerialDriver:
         self._at_open: dict[str, int] = {}
 
     @classmethod
-    def check_devices(cls, devices: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
+    def check_devices(cls, devices: Sequence[tuple[str, Any]]) -> list[DeviceProblem]:
         """Config check across devices: two devices cannot share one serial port."""
-        return check_one_device_per_port(devices)
+        return [DeviceProblem(name, message) for name, message in check_one_device_per_port(devices)]
 
     @property
     def counters(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import struct
 import subprocess
 import sys
@@ -98,6 +99,7 @@ class ModbusBenchServer:
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # "Server listening." is no bench figure
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         device = SimDevice(

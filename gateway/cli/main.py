@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 EXIT_BAD_CONFIG = 2
+# Commands that use no driver's technician tools: for them the parser is built without importing
+# every installed driver (which ``gateway run`` would otherwise pay for at each start).
+PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,8 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``gateway`` command's parser; for ``argv`` naming one of PLAIN_COMMANDS, without the drivers' tools."""
     parser = argparse.ArgumentParser(prog="gateway", description="city-gateway: field devices to MQTT")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -44,11 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="a config of simulated devices (default: built in)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _bench_parser(sub)
-    from gateway.cli.tools import add_tool_commands  # read, scan, write
+    from gateway.cli.tools import add_tool_commands  # read, write and the drivers' own (the modbus scan)
+    from gateway.driver import driver_tools
 
-    add_tool_commands(sub, _config_arg)
+    plain = argv is not None and _command_word(argv) in PLAIN_COMMANDS
+    add_tool_commands(sub, _config_arg, {} if plain else driver_tools(), taken=PLAIN_COMMANDS)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is neither an option nor ``--log-level``'s value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _duration(text: str) -> float:
@@ -109,8 +126,6 @@ def setup_logging(level: str) -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    # pymodbus logs every failed connect and timeout; the scheduler logs state changes instead.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _load(path: str) -> Config | None:
@@ -228,7 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     if args.command == "version":
         print(f"city-gateway {__version__}")
         return 0

@@ -1,10 +1,14 @@
-"""The technician's commands: ``gateway read``, ``gateway write`` (and ``scan``, in tools_scan).
+"""The technician's commands: ``gateway read``, ``gateway write``, and the commands drivers offer.
 
 Configured devices (``--config``): if a gateway is running with the config's data directory,
-the request goes through its control socket and runs on the daemon's own connection, under the
-bus lock (``tools_daemon``), so a tool never fights the daemon for a serial line. Without a
+the request goes through its control socket and runs on the daemon's own connection, in its
+bus's turn (``gateway.daemon.tools``), so a tool never fights the daemon for a serial line. Without a
 running gateway (or for a device it does not poll) the tool opens the device itself; serial
 ports are opened exclusively, so a port held by some other process is refused, naming it.
+
+Drivers add their own tools through their ``tools`` hook (``gateway.driver.DriverTools``): a
+direct read of a device no config describes (the modbus driver's ``gateway read --port ...``)
+and commands of their own (the modbus driver's ``gateway scan``).
 
 Exit status: 0 all well, 1 something failed (a point, a device, a refused write), 2 bad
 arguments or config.
@@ -18,35 +22,55 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.direct import UsageError, add_read_arguments, read_direct
 from gateway.cli.render import failed, render_inspection
-from gateway.cli.scan import add_scan_arguments, cmd_scan
 from gateway.control import SOCKET_NAME, request
-from gateway.driver import DeviceInfo, DriverError, Inspection, PointRow, SharedPool, WriteRefused, load_driver
+from gateway.driver import (
+    DeviceInfo,
+    DirectRead,
+    DriverError,
+    DriverTools,
+    Inspection,
+    PointRow,
+    SharedPool,
+    UsageError,
+    WriteRefused,
+    load_driver,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 VIA_DAEMON = "through the running gateway"
 DIRECT = "direct"
-DAEMON_TIMEOUT = 60.0  # seconds: the request waits for the bus lock, then for the device
+DAEMON_TIMEOUT = 60.0  # seconds: the request waits for the line's turn, then for the device
 
 
-def add_tool_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``read``, ``scan`` and ``write`` to the CLI's subparsers; each sets ``args.tool``."""
+def add_tool_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None],
+                      tools: Mapping[str, DriverTools], *, taken: Collection[str] = ()) -> None:
+    """Add ``read``, the drivers' commands and ``write`` to the CLI's subparsers; each sets ``args.tool``.
+
+    ``tools``: what each driver offers (``gateway.driver.driver_tools``); ``taken``: the core's
+    other command names, never given to a driver.
+    """
     read = sub.add_parser("read", help="read a device now: raw registers, values, errors (--trace: the frames)")
     config_arg(read)
     read.add_argument("--device", help="the configured device to read (default: every enabled device)")
     read.add_argument("--trace", action="store_true", help="show each request and response frame in hex")
     read.add_argument("--json", action="store_true", help="print the reports as JSON")
-    add_read_arguments(read)
-    read.set_defaults(tool=cmd_read)
-    scan = sub.add_parser("scan", help="find which unit ids answer on a line, at which settings")
-    add_scan_arguments(scan)
-    scan.set_defaults(tool=cmd_scan)
+    direct_reads = []
+    for driver, offered in tools.items():
+        if offered.direct_read is not None:
+            try:
+                offered.direct_read.add_arguments(read)
+            except argparse.ArgumentError as exc:
+                print(f"gateway: the direct read of driver {driver!r} is left out: {exc}", file=sys.stderr)
+                continue
+            direct_reads.append(offered.direct_read)
+    read.set_defaults(tool=cmd_read, direct_reads=direct_reads)
+    _add_driver_commands(sub, tools, {*taken, "read", "write"})
     write = sub.add_parser("write", help="write one point of a configured device (points with writable: true)")
     config_arg(write)
     write.add_argument("--device", required=True, help="the configured device")
@@ -55,11 +79,26 @@ def add_tool_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParser], 
     write.set_defaults(tool=cmd_write)
 
 
+def _add_driver_commands(sub: Any, tools: Mapping[str, DriverTools], taken: set[str]) -> None:
+    """A subcommand per command a driver offers, unless its name is taken (then stderr says so)."""
+    for driver, offered in tools.items():
+        for command in offered.commands:
+            if command.name in taken:
+                print(f"gateway: command {command.name!r} of driver {driver!r} is left out: the name is taken",
+                      file=sys.stderr)
+                continue
+            taken.add(command.name)
+            parser = sub.add_parser(command.name, help=command.help)
+            command.add_arguments(parser)
+            parser.set_defaults(tool=command.run)
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     """``gateway read``: one poll now of one device or all, as a table per device."""
-    if args.port or args.host:
+    direct = _direct_read(args)
+    if direct is not None:
         try:
-            title, report = asyncio.run(read_direct(args))
+            title, report = asyncio.run(direct.read(args))
         except UsageError as exc:
             print(f"gateway read: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -103,6 +142,11 @@ def cmd_write(args: argparse.Namespace) -> int:
     print(f"{spec.name} {args.point} = {args.value}: written{written}, {route}")
     print(_readback_line(args.value, answer.get("readback")))
     return 0
+
+
+def _direct_read(args: argparse.Namespace) -> DirectRead | None:
+    """The driver's direct read the command line asks for (``--port``, ``--host``, ...), if any."""
+    return next((direct for direct in args.direct_reads if direct.requested(args)), None)
 
 
 def _read_configured(config: Any, specs: list[Any], trace: bool) -> list[tuple[Any, str, Inspection]]:

@@ -8,7 +8,7 @@
 Validation runs in passes, collecting every problem before giving up: the top level against
 ``RootSection``; each device's common keys against ``DeviceSection`` and its other keys against
 its driver's ``Config`` model; then the checks no single model can make (duplicate device and
-point names, overlapping registers).
+point names, and each driver's own checks across its devices, e.g. overlapping Modbus registers).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from gateway.config.yamlsource import (
     read_document,
     substitute_env,
 )
-from gateway.driver import COMMON_DEVICE_KEYS, ConfigError, available_drivers, load_driver
+from gateway.driver import COMMON_DEVICE_KEYS, ConfigError, DeviceProblem, available_drivers, load_driver
 from gateway.fields import NAME_PATTERN
 
 __all__ = ["ConfigFileError", "Problem", "config_hash", "load_config"]
@@ -174,14 +174,13 @@ class _Checker:
         return specs
 
     def second_pass(self, entries: list[Any], specs: list[tuple[int, DeviceSpec]]) -> None:
-        """The checks that span entries: duplicate names, overlapping registers."""
+        """The checks that span entries: duplicate names, and each driver's own (``check_devices``)."""
         self._duplicates([(("devices", i), e) for i, e in enumerate(entries)], "device")
         for i, entry in enumerate(entries):
             points = entry.get("points") if isinstance(entry, dict) else None
             if isinstance(points, list):
                 self._duplicate_points(("devices", i), points)
         for i, spec in specs:
-            self._overlaps(("devices", i, "points"), spec.options)
             self._deadband_points(("devices", i, "deadband"), spec)
         self._driver_checks(specs)
 
@@ -197,14 +196,27 @@ class _Checker:
             if check is None:
                 continue
             try:
-                found = check([(spec.name, spec.options) for spec in group])
+                found = list(check([(spec.name, spec.options) for spec in group]))
+                if not all(isinstance(problem, DeviceProblem) for problem in found):
+                    raise TypeError("check_devices must return DeviceProblem records")
             except Exception as exc:  # a third-party driver's bug must not become a traceback
                 self._doc.problem(("devices",), f"driver {name!r} failed checking its devices: {exc}")
                 continue
-            for device, message in found:
-                loc = ("devices", index[device], "name") if device in index else ("devices",)
-                self._doc.problem(loc, message, line=self._line(loc))
+            for problem in found:
+                self._device_problem(problem, index)
         self._port_claims(specs)
+
+    def _device_problem(self, problem: DeviceProblem, index: dict[str, int]) -> None:
+        """Record a driver's problem at its place in the device's entry (the list, for a name it does not know)."""
+        if problem.device not in index:
+            self._doc.problem(("devices",), problem.message, line=self._line(("devices",)))
+            return
+        base: Loc = ("devices", index[problem.device])
+        message = problem.message
+        if problem.see is not None and (line := self._line((*base, *problem.see))) is not None:
+            message = f"{message} at line {line}"
+        loc = (*base, *problem.at)
+        self._doc.problem(loc, message, line=self._line(loc))
 
     def _port_claims(self, specs: list[tuple[int, DeviceSpec]]) -> None:
         """One serial port belongs to one driver: two protocols on one line garble each other."""
@@ -312,36 +324,3 @@ class _Checker:
             Problem(self._doc.file, self._line(base), format_loc(base), f"duplicate point name {n!r}") for n in repeated
         }
         self._doc.problems = [p for p in self._doc.problems if p not in superseded]
-
-    def _overlaps(self, base: Loc, options: Any) -> None:
-        """Report points addressing the same register or bit of the same table.
-
-        Applies to any driver whose points carry ``table``, ``address`` and ``count``.
-        """
-        spans = []
-        for k, point in enumerate(getattr(options, "points", None) or ()):
-            table, start, count = (getattr(point, a, None) for a in ("table", "address", "count"))
-            if not (isinstance(table, str) and isinstance(start, int) and isinstance(count, int)):
-                return
-            bit = getattr(point, "bit", None)
-            if bit is not None:  # bits of one register may be shared with other views of it
-                table = f"{table} bit {bit}"
-            spans.append((table, start, start + max(count, 1) - 1, k, point.name))
-        spans.sort()
-        widest: tuple[str, int, int, int, str] | None = None  # the span reaching furthest so far
-        for span in spans:
-            if widest is not None and widest[0] == span[0] and span[1] <= widest[2]:
-                # Report at the point written later in the file, naming the earlier one.
-                later, earlier = (span, widest) if span[3] > widest[3] else (widest, span)
-                self._doc.problem(
-                    (*base, later[3], "address"),
-                    f"point {later[4]!r} ({later[0]} {_span(later[1], later[2])}) overlaps point "
-                    f"{earlier[4]!r} ({earlier[0]} {_span(earlier[1], earlier[2])}) "
-                    f"at line {self._line((*base, earlier[3]))}",
-                )
-            if widest is None or widest[0] != span[0] or span[2] > widest[2]:
-                widest = span
-
-
-def _span(start: int, end: int) -> str:
-    return str(start) if start == end else f"{start}-{end}"

@@ -1,9 +1,9 @@
 """The daemon's side of ``gateway read`` / ``gateway write``: control commands ``read`` and ``write``.
 
 While the daemon runs it holds its serial ports (exclusively), so the tools ask it instead of
-opening them: the request runs on the daemon's own driver instance and connection, under the
-device's bus lock, between two scheduled polls of that line, so no two frames ever overlap on
-the wire. Requests and answers (one JSON object each, see ``control.py``)::
+opening them: the request runs on the daemon's own driver instance and connection, in the turn
+of the device's bus (``gateway.driver.SharedPool``), between two scheduled polls of that line, so
+no two frames ever overlap on the wire. Requests and answers (one JSON object each, see ``control.py``)::
 
     {"cmd": "read", "device": "meter-1", "trace": true}
     -> {"ok": true, "report": {"points": [...], "error": null, "trace": [...]}}

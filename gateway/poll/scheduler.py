@@ -2,7 +2,8 @@
 
 Each device has its own task, started and stopped alone (a reload restarts only what changed).
 Devices that share a physical bus (the driver's ``bus`` key) take turns through one lock per bus,
-so one request is on the line at a time. Time belongs to the scheduler: drivers never sleep.
+so one request is on the line at a time (the turn is ``gateway.driver.SharedPool``'s: see there).
+Time belongs to the scheduler: drivers never sleep.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class Scheduler:
         self._stamp = stamp
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
-        self._bus_locks: dict[str, asyncio.Lock] = {}
         self.shared = SharedPool()
         # Polls that ignored a stop's cancel, referenced here until they end: their device task
         # may be dropped (a reload removed it) while they still run.
@@ -62,7 +62,7 @@ class Scheduler:
             left_behind=self._left_behind,
         )
         if task.bus is not None:
-            task.bus_lock = self._bus_locks.setdefault(task.bus, asyncio.Lock())
+            task.bus_lock = self.shared.turn(task.bus)
         return task
 
     async def swap(self, remove: list[str], start: list[DeviceTask]) -> None:

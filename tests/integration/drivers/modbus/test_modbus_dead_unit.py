@@ -16,6 +16,7 @@ from gateway.config.settings import DeviceSpec
 from gateway.model import Batch
 from gateway.poll.scheduler import Scheduler
 from tests.support.modbus_server import ModbusTestServer
+from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
 
 pytestmark = pytest.mark.integration
@@ -105,7 +106,7 @@ async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: Mod
         assert dead.health.state == "ok"
     finally:
         await scheduler.stop_all()
-    assert scheduler.shared.users(f"serial:{pty.b}") == 0
+    assert not in_use(scheduler.shared, f"serial:{pty.b}")
 
 
 async def test_whole_bus_recovers_after_the_port_comes_back(bus: ModbusTestServer, pty: SerialPty) -> None:

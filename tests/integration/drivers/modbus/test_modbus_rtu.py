@@ -17,6 +17,7 @@ from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo, DriverError, SharedPool
 from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ async def make_driver(pty: SerialPty, pool: SharedPool) -> AsyncIterator[MakeDri
     yield make
     for driver in drivers:
         await driver.close()
-    assert all(pool.users(d.bus or "") == 0 for d in drivers), "a driver kept its share of the line"
+    assert not any(in_use(pool, d.bus or "") for d in drivers), "a driver kept its share of the line"
 
 
 async def test_units_share_one_connection(bus: ModbusTestServer, make_driver: MakeDriver, pool: SharedPool,
@@ -71,8 +72,11 @@ async def test_units_share_one_connection(bus: ModbusTestServer, make_driver: Ma
 
     assert [r.values for r in results] == [[1.5, 1], [3.0, 2], [4.5, 3]]
     assert {d.bus for d in drivers} == {f"serial:{pty.b}"}
-    assert pool.users(f"serial:{pty.b}") == 3
     assert bus.requests == [Request(3, 10, 3, unit) for unit in UNITS]
+    for driver in drivers:  # three shares of the one connection: the line is in use until the last leaves
+        assert in_use(pool, f"serial:{pty.b}")
+        await driver.close()
+    assert not in_use(pool, f"serial:{pty.b}")
 
 
 async def test_coalescing_over_rtu(bus: ModbusTestServer, make_driver: MakeDriver) -> None:
@@ -179,7 +183,10 @@ async def test_port_vanishes_and_comes_back(bus: ModbusTestServer, make_driver: 
     await bus.start()
     assert (await first.poll()).values == [5]
     assert (await second.poll()).values == [0]
-    assert pool.users(f"serial:{pty.b}") == 2
+    for driver in (first, second):  # both kept their share through the port's absence
+        assert in_use(pool, f"serial:{pty.b}")
+        await driver.close()
+    assert not in_use(pool, f"serial:{pty.b}")
 
 
 async def test_missing_port_is_named(make_driver: MakeDriver, tmp_path: Path) -> None:
@@ -221,8 +228,11 @@ async def test_rtu_over_tcp_shares_one_connection(pool: SharedPool) -> None:
             drivers.append(ModbusDriver(config, DeviceInfo(name=f"u{unit}", interval=1.0, shared=pool)))
         assert [(await d.poll()).values for d in drivers] == [[10, 11], [20, 21]]
         assert drivers[0].bus == drivers[1].bus == f"rtu-over-tcp:127.0.0.1:{server.port}"
-        assert pool.users(drivers[0].bus) == 2
         assert server.requests == [Request(3, 0, 2, 1), Request(3, 0, 2, 2)]
+        for driver in drivers:  # two shares of the one connection
+            assert in_use(pool, drivers[0].bus)
+            await driver.close()
+        assert not in_use(pool, drivers[0].bus)
     finally:
         for driver in drivers:
             await driver.close()

@@ -18,6 +18,7 @@ from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo, DriverError, SharedPool, WriteRefused
 from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
 
 pytestmark = pytest.mark.integration
@@ -206,4 +207,4 @@ async def test_writes_over_rtu_reach_only_their_unit(pty: SerialPty, make_driver
     assert bus.requests == [Request(16, 20, 2, 1), Request(5, 5, 0, 2), Request(3, 20, 2, 1), Request(1, 5, 1, 1)]
     assert bus.get("holding", 21, unit=1) == 0x3FC0  # a snapshot taken at stop
     assert bus.get("coil", 5, unit=2) is True
-    assert pool.users(f"serial:{pty.b}") == 0
+    assert not in_use(pool, f"serial:{pty.b}")

@@ -16,7 +16,7 @@ from drivers.modbus.connection import (
     parse_gap,
 )
 from drivers.modbus.driver import ModbusDriver
-from gateway.driver import DeviceInfo
+from gateway.driver import DeviceInfo, DeviceProblem
 
 POINTS = [{"name": "v", "address": 0}]
 
@@ -171,7 +171,7 @@ def test_devices_on_one_port_must_agree() -> None:
         ("meter-3", "devices 'meter-3' and 'meter-1' both use /dev/ttyUSB0 with different settings "
                     "(parity E vs N, stopbits 2 vs 1)"),
     ]
-    assert ModbusDriver.check_devices(devices) == check_shared_ports(devices)
+    assert ModbusDriver.check_devices(devices) == [DeviceProblem(*found) for found in check_shared_ports(devices)]
 
 
 def test_shared_port_mismatch_of_framing_and_gap() -> None:

@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from drivers.modbus.direct import add_read_arguments, connection_entry, point_entries
 from drivers.modbus.portlock import Holder, lock_holder
+from drivers.modbus.scancli import Progress, add_scan_arguments, parse_units, scan, settings_to_try
 from drivers.modbus.trace import FrameTrace
-from gateway.cli.direct import UsageError, add_read_arguments, connection_entry, point_entries
 from gateway.cli.render import failed, format_trace, render_inspection, show_value, table
-from gateway.cli.scan import Progress, add_scan_arguments, parse_units, scan, settings_to_try
-from gateway.driver import DriverError
+from gateway.driver import DriverError, UsageError
 
 # --- who holds a port ----------------------------------------------------------------------------------
 
@@ -228,15 +228,11 @@ class FakeProber:
         pass
 
 
-class FakeDriver:
-    prober = FakeProber
-
-
 async def run_scan(argv: list[str], first: bool = False) -> tuple[list[Any], str]:
     stream = io.StringIO()
     found: list[Any] = []
     settings = settings_to_try(scan_args("--port", "/dev/x", *argv))
-    await scan(FakeDriver, settings, [1, 2, 3, 4], first=first, progress=Progress(stream, "/dev/x", [1, 2, 3, 4]),
+    await scan(FakeProber, settings, [1, 2, 3, 4], first=first, progress=Progress(stream, "/dev/x", [1, 2, 3, 4]),
                found=found)
     return found, stream.getvalue()
 

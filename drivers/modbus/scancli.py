@@ -5,6 +5,7 @@ id in ``--units`` is asked for holding register 0; any answer, an exception incl
 unit is there. A progress line goes to stderr (rewritten in place on a terminal, one line per
 setting otherwise); the units found are printed as a table at the end (also after Ctrl-C).
 The port is opened exclusively: a port the running gateway holds is refused, never shared.
+``SCAN`` is the command the driver's ``tools`` hook offers ``gateway``; the probing is ``scan.py``'s.
 """
 
 from __future__ import annotations
@@ -12,20 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from gateway.cli.direct import (
-    UsageError,
-    add_line_arguments,
-    connection_entry,
-    describe_validation,
-    refusal_if_held,
-)
-from gateway.cli.render import table
-from gateway.driver import DriverError, load_driver
+from drivers.modbus.direct import add_line_arguments, connection_entry, describe_validation, refusal_if_held
+from drivers.modbus.scan import Prober
+from gateway.driver import DriverError, ToolCommand, UsageError
 
 DEFAULT_BAUDRATES = "9600,19200,38400,57600,115200,4800,2400"
 DEFAULT_PARITIES = "N,E"
@@ -105,15 +100,15 @@ class Progress:
             self._stream.flush()
 
 
-async def scan(driver_cls: Any, settings: list[dict[str, Any]], units: list[int], *, first: bool,
-               progress: Progress, found: list[Found]) -> None:
-    """Probe ``units`` at each of ``settings``; each answer is appended to ``found`` as it comes.
+async def scan(prober_of: Callable[[Mapping[str, Any]], Prober], settings: list[dict[str, Any]], units: list[int],
+               *, first: bool, progress: Progress, found: list[Found]) -> None:
+    """Probe ``units`` at each of ``settings`` (a ``prober_of`` each); answers go to ``found`` as they come.
 
     A setting the port cannot be opened with is skipped (and said so); a port that is not there,
     or that another process holds, ends the scan (DriverError).
     """
     for connection in settings:
-        prober = driver_cls.prober(connection)
+        prober = prober_of(connection)
         progress.setting(prober.settings)
         try:
             try:
@@ -137,13 +132,12 @@ async def scan(driver_cls: Any, settings: list[dict[str, Any]], units: list[int]
 def cmd_scan(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``gateway scan``; returns 0 when some unit answered, 1 when none did, 2 on bad arguments."""
     out, err = out or sys.stdout, err or sys.stderr
-    driver_cls = load_driver("modbus")
     try:
         settings = settings_to_try(args)
         tcp = bool(args.host) and (args.transport or "tcp") == "tcp"  # unit ids 0..255; a serial line 1..247
         units = parse_units(args.units, low=0 if tcp else 1, high=255 if tcp else 247)
         for connection in settings:
-            driver_cls.prober({**connection, "timeout": args.timeout})  # every setting valid before starting
+            Prober({**connection, "timeout": args.timeout})  # every setting valid before starting
     except ValidationError as exc:
         print(f"gateway scan: {describe_validation(exc)}", file=err)
         return 2
@@ -151,7 +145,7 @@ def cmd_scan(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO
         print(f"gateway scan: {exc}", file=err)
         return 2
     refusal = refusal_if_held(
-        driver_cls, args.port,
+        args.port,
         "a scan would put its frames on the gateway's line. Stop the gateway first; configured devices can be "
         "checked with `gateway read --device NAME`, which goes through it",
     )
@@ -161,7 +155,7 @@ def cmd_scan(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO
     settings = [{**c, "timeout": args.timeout} for c in settings]
     where = args.port or f"{args.host}:{args.tcp_port}"
     progress = Progress(err, where, units)
-    return _run(lambda found: scan(driver_cls, settings, units, first=args.first, progress=progress, found=found),
+    return _run(lambda found: scan(Prober, settings, units, first=args.first, progress=progress, found=found),
                 where, progress, out, err)
 
 
@@ -183,6 +177,17 @@ def _run(start: Callable[[list[Found]], Any], where: str, progress: Progress, ou
         print(f"no unit answered on {where}", file=out)
         return status or 1
     print(f"{len(found)} unit{'s' if len(found) > 1 else ''} answered on {where}:", file=out)
-    for line in table(["settings", "unit", "answer"], [[s, str(u), what] for s, u, what in found]):
+    for line in _found_table(found):
         print(line, file=out)
     return status
+
+
+def _found_table(found: list[Found]) -> list[str]:
+    """The units found, in columns as wide as their widest cell (the last one not padded)."""
+    rows = [("settings", "unit", "answer"), *((settings, str(unit), what) for settings, unit, what in found)]
+    first, second = (max(len(row[column]) for row in rows) for column in (0, 1))
+    return [f"  {a.ljust(first)}  {b.ljust(second)}  {c}".rstrip() for a, b, c in rows]
+
+
+SCAN = ToolCommand(name="scan", help="find which unit ids answer on a line, at which settings",
+                   add_arguments=add_scan_arguments, run=cmd_scan)

@@ -2,9 +2,9 @@
 
 A technician checking a new meter before writing any YAML gives the line (``--port`` or
 ``--host``) and what to read (``--table``, ``--address``, ``--count``, ``--type``); this module
-turns that into the same device entry a config would hold and validates it with the modbus
-driver's own model (found through its entry point, like every driver), so the checks and the
-messages are the config's.
+turns that into the same device entry a config would hold and validates it with the driver's
+own model, so the checks and the messages are the config's. ``DIRECT_READ`` is what the
+driver's ``tools`` hook offers ``gateway read``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.driver import DeviceInfo, DriverError, Inspection, load_driver
+from drivers.modbus.config import BIT_TABLES, REGISTER_COUNT, ModbusConfig
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.portlock import lock_holder
+from gateway.driver import DeviceInfo, DirectRead, DriverError, Inspection, UsageError
 
 SERIAL_TRANSPORTS = ("rtu", "ascii")
 TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")
-# Registers of each type (a string takes --count); bit tables hold one bool per address.
-WIDTH = {"int8": 1, "uint8": 1, "int16": 1, "uint16": 1, "float16": 1, "int32": 2, "uint32": 2, "float32": 2,
-         "int64": 4, "uint64": 4, "float64": 4, "bool": 1}
-TYPES = (*WIDTH, "string")
-BIT_TABLES = ("coil", "discrete")
-
-
-class UsageError(ValueError):
-    """The arguments do not describe a usable connection or read; the message says why."""
+# The --type choices, in the order --help lists them; their widths in registers are the config's
+# REGISTER_COUNT (a string takes --count; bit tables hold one bool per address).
+TYPES = ("int8", "uint8", "int16", "uint16", "float16", "int32", "uint32", "float32", "int64", "uint64", "float64",
+         "bool", "string")
 
 
 def add_line_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -84,7 +82,7 @@ def point_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
     if kind == "string":
         return [{"name": f"{table}_{address}", "table": table, "address": address, "type": "string",
                  "count": args.count or 1, "byte_order": args.byte_order}]
-    width = WIDTH[kind]
+    width = REGISTER_COUNT[kind]
     count = args.count if args.count is not None else width
     if count < 1 or count % width:
         raise UsageError(f"--count {count} is not a whole number of {kind} values ({width} registers each)")
@@ -93,10 +91,10 @@ def point_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
             for a in range(address, address + count, width)]
 
 
-def validated(driver_cls: Any, entry: dict[str, Any]) -> Any:
+def validated(entry: dict[str, Any]) -> ModbusConfig:
     """``entry`` checked by the driver's Config model; UsageError with the model's messages."""
     try:
-        return driver_cls.Config.model_validate(entry)
+        return ModbusConfig.model_validate(entry)
     except ValidationError as exc:
         raise UsageError(describe_validation(exc)) from None
 
@@ -112,32 +110,39 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def refusal_if_held(driver_cls: Any, port: str | None, advice: str) -> str | None:
+def refusal_if_held(port: str | None, advice: str) -> str | None:
     """A message refusing to open ``port`` when another process holds it, else None."""
-    holder = driver_cls.port_holder(port) if port else None
+    holder = lock_holder(port) if port else None
     if holder is None:
         return None
     message = f"serial port {port} is in use by {holder.describe()}"
     return f"{message}: {advice}" if holder.is_gateway else f"{message}; close that program first"
 
 
+def requested(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for a direct read: a line is given."""
+    return bool(args.port or args.host)
+
+
 async def read_direct(args: argparse.Namespace) -> tuple[str, Inspection]:
     """One read of the device the arguments describe: a title and the report."""
-    driver_cls = load_driver("modbus")
     entry = {"connection": connection_entry(args, baudrate=args.baudrate, parity=args.parity),
              "points": point_entries(args)}
-    config = validated(driver_cls, entry)
+    config = validated(entry)
     refusal = refusal_if_held(
-        driver_cls, args.port,
+        args.port,
         "read its devices with `gateway read --config FILE --device NAME` (that goes through the gateway), "
         "or stop the gateway first",
     )
     if refusal:
         raise DriverError(refusal)
-    driver = driver_cls(config, DeviceInfo(name="direct", interval=1.0))
+    driver = ModbusDriver(config, DeviceInfo(name="direct", interval=1.0))
     try:
         report = await driver.inspect(trace=args.trace)
     finally:
         await driver.close()
     conn = config.connection
     return f"unit {conn.unit_id} {conn.where} ({conn.transport}, direct)", report
+
+
+DIRECT_READ = DirectRead(add_arguments=add_read_arguments, requested=requested, read=read_direct)
