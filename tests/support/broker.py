@@ -307,15 +307,6 @@ def retained(host: str, port: int, topic: str, timeout: float = 5.0) -> dict[str
         return next(m for m in msgs if m.retain).doc
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """In asyncio tests: wait for ``predicate()`` to be true (checked every 10 ms), fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 # -- a proxy that can cut the link -----------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -545,18 +544,6 @@ def _ranges(seqs: set[int]) -> str:
         else:
             runs.append([seq, seq])
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something true (returned); AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 class Arrivals:

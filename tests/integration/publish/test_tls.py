@@ -32,12 +32,12 @@ from tests.support.broker import (
     Subscriber,
     free_port,
     telemetry,
-    until,
     wait_port,
 )
 from tests.support.certs import CertKey, Pki, make_pki, tls_listener
 from tests.support.gateway_proc import base_config, run_cli, write_config
 from tests.support.needs import require_tool
+from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,7 @@ async def test_verified_tls_delivers_and_nothing_travels_in_plaintext(
         async with LinkProxy("127.0.0.1", tls_port) as proxy:
             buf = Buffer()
             pub = await start_publisher(mqtt(proxy.port, tls=TlsSection(ca_file=pki.ca.cert), encoding="json"), buf)
-            await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
+            await wait_until_async(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
             msgs = await sub.wait_for_async(lambda ms: sum(len(d["readings"]) for d in telemetry(ms)) >= 6)
             await pub.stop(timeout=2.0)
     assert [r["seq"] for doc in telemetry(msgs) for r in doc["readings"]] == [1, 2, 3, 4, 5, 6]
@@ -200,7 +200,7 @@ async def test_a_plaintext_broker_is_never_talked_to_in_plaintext(
     broker, _ = start_broker(tmp_path / "mq")  # no TLS listener at all
     brokers.append(broker)
     pub = await start_publisher(mqtt(broker.port, tls=TlsSection(ca_file=pki.ca.cert)), buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 3, 10, "three failed attempts")
+    await wait_until_async(lambda: pub.failed_attempts >= 3, 10, "three failed attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert client_sessions(broker) == 0 and "protocol error" in broker.log()
 
@@ -224,7 +224,7 @@ async def test_mtls_without_a_trusted_client_certificate_is_refused(
     if client == "rogue":
         tls = TlsSection(ca_file=pki.ca.cert, cert_file=pki.rogue_client.cert, key_file=pki.rogue_client.key)
     pub = await start_publisher(mqtt(tls_port, tls=tls, publish_timeout=1.0), buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 2, 15, "two refused attempts")
+    await wait_until_async(lambda: pub.failed_attempts >= 2, 15, "two refused attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert reason in (pub.last_error or "")
     assert len([r for r in caplog.records if reason in r.getMessage()]) == 1
@@ -266,7 +266,7 @@ async def test_password_login_from_env_or_file_and_never_in_clear(
     async with LinkProxy("127.0.0.1", password_broker) as proxy:
         buf = Buffer()
         pub = await start_publisher(config.mqtt.model_copy(update={"port": proxy.port}), buf)
-        await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
+        await wait_until_async(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
         await pub.stop(timeout=2.0)
     assert proxy.sent[:1] == b"\x16", "the proxy did not see the TLS handshake: nothing was recorded"
     assert SECRET.encode() not in bytes(proxy.sent)
@@ -280,7 +280,7 @@ async def test_a_wrong_password_is_one_clear_line_and_buffering_goes_on(
     path = password_config(tmp_path, password_broker, pki.ca.cert, password="${MQTT_PASSWORD}")
     config = load_config(path, environ={"MQTT_PASSWORD": "not-" + SECRET})
     pub = await start_publisher(config.mqtt, buf := Buffer())
-    await until(lambda: pub.failed_attempts >= 4, 15, "several refused logins")
+    await wait_until_async(lambda: pub.failed_attempts >= 4, 15, "several refused logins")
     assert not pub.connected and not buf.acked  # nothing taken from the buffer
     refusal = re.compile(r"not authori[sz]ed|bad user name or password", re.I)  # MQTT 3.1.1 return codes 5, 4
     assert refusal.search(pub.last_error or "")
