@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publish.publisher import Publisher
 from gateway.wire.encoding import decode_telemetry
+from tests.support.wait import wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -41,17 +42,16 @@ def free_port() -> int:
 
 def wait_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Return once ``host:port`` accepts a TCP connection; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def listening() -> bool:
         if not alive():
             raise AssertionError(f"the server for {host}:{port} exited before listening")
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s") from None
-            time.sleep(0.02)
+            return False
+
+    wait_until(listening, timeout, f"something listening on {host}:{port}", every=0.02)
 
 
 class Mosquitto:

@@ -10,8 +10,9 @@ then, for details worth computing once (the last status, a log).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,10 +48,15 @@ def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: Describe 
     return result
 
 
-async def wait_until_async(predicate: Callable[[], T], timeout: float = 5.0, what: Describe = "the condition", *,
-                           every: float = 0.01) -> T:
-    """``wait_until`` for asyncio tests: the event loop runs between checks."""
+async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 5.0,
+                           what: Describe = "the condition", *, every: float = 0.01) -> T:
+    """``wait_until`` for asyncio tests: the event loop runs between checks, and ``predicate``
+    may be a coroutine function (each check is then awaited)."""
     deadline = _Deadline(timeout, what)
-    while not deadline.met(result := predicate()):
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if deadline.met(result):
+            return result  # type: ignore[return-value]
         await asyncio.sleep(every)
-    return result

@@ -37,7 +37,7 @@ from tests.support.broker import (
 from tests.support.certs import CertKey, Pki, make_pki, tls_listener
 from tests.support.gateway_proc import base_config, run_cli, write_config
 from tests.support.needs import require_tool
-from tests.support.wait import wait_until_async
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -171,15 +171,15 @@ def test_a_rejected_server_certificate_is_a_clear_error_and_never_plaintext(
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gw.log", "wb"))  # noqa: SIM115
         try:
-            deadline = time.monotonic() + 20
-            while True:  # the first attempt and two retries have failed
+            def failed_thrice() -> dict[str, Any] | None:  # the first attempt and two retries have failed
                 assert proc.poll() is None, (tmp_path / "gw.log").read_text()
-                assert time.monotonic() < deadline, f"{tls_attempts(broker, tls_port)} attempts:\n{broker.log()}"
-                if tls_attempts(broker, tls_port) >= 3:
-                    status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
-                    if status["broker"]["last_error"]:
-                        break
-                time.sleep(0.05)
+                if tls_attempts(broker, tls_port) < 3:
+                    return None
+                status: dict[str, Any] = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
+                return status if status["broker"]["last_error"] else None
+
+            status = wait_until(failed_thrice, 20, lambda: f"three failed attempts; {tls_attempts(broker, tls_port)} "
+                                                  f"attempts:\n{broker.log()}")
         finally:
             proc.terminate()
             assert proc.wait(timeout=15) == 0
@@ -318,17 +318,15 @@ def test_run_and_status_never_show_the_password_and_warn_about_a_readable_config
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--log-level", "DEBUG", "run", "-c", str(path)],
                                 stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def connected() -> bool:
             assert proc.poll() is None, log_path.read_text()
             try:
                 status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
-                if status["broker"]["connected"]:
-                    break
             except (ConnectionError, OSError):
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+                return False
+            return bool(status["broker"]["connected"])
+
+        wait_until(connected, 20, lambda: f"the connection:\n{log_path.read_text()}")
         shown = run_cli("status", "--json", "-c", str(path))
         assert shown.returncode == 0, shown.stderr
         assert SECRET not in shown.stdout + shown.stderr
@@ -350,10 +348,11 @@ def test_no_warning_for_a_config_only_its_group_can_read(tmp_path: Path) -> None
     with open(tmp_path / "gw.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(path)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 20
-        while "started" not in (tmp_path / "gw.log").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
-            time.sleep(0.05)
+        def started() -> bool:
+            assert proc.poll() is None, (tmp_path / "gw.log").read_text()
+            return "started" in (tmp_path / "gw.log").read_text()
+
+        wait_until(started, 20, lambda: f"the start:\n{(tmp_path / 'gw.log').read_text()}")
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
