@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from drivers.modbus.driver import ModbusDriver
 from gateway.config.settings import DeviceSpec
 from gateway.model import Batch
 from gateway.poll.scheduler import Scheduler
-from tests.support.modbus_server import ModbusTestServer
+from tests.support.modbus_server import ModbusTestServer, StartModbus
 from tests.support.serial_pty import SerialPty
 from tests.support.wait import wait_until_async
 
@@ -26,11 +25,8 @@ UNITS = (1, 2, 3)
 
 
 @pytest.fixture
-async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
-    server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a))
-    await server.start()
-    yield server
-    await server.stop()
+async def bus(pty: SerialPty, start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(units=UNITS, transport="rtu", serial_port=str(pty.a))
 
 
 def spec(unit: int, port: Path) -> DeviceSpec:
