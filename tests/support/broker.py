@@ -28,16 +28,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publish.publisher import Publisher
 from gateway.wire.encoding import decode_telemetry
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:

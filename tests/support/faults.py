@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.support.broker import LOOPBACK, Mosquitto, Received, first_arrivals, telemetry
+from tests.support.ports import free_port
 
 # -- a Modbus TCP server that misbehaves -----------------------------------------------------------------
 
@@ -374,8 +375,6 @@ class AuthMosquitto(Mosquitto):
     password file (the gateway). ``set_users`` rewrites the file and makes a running broker reload it."""
 
     def __init__(self, workdir: Path, users: dict[str, str]) -> None:
-        from tests.support.broker import free_port
-
         super().__init__(workdir)
         self.auth_port = free_port()
         self.password_file = workdir / "passwords"
