@@ -877,6 +877,7 @@ async def test_congested_while_publishing_when_a_busy_gateway_lags_and_relieved_
     assert not buf.congested(publishing=True)
 
 
+@pytest.mark.serial_only  # measures the CPU share of the loop thread: tests beside it take CPU from it
 async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any]) -> None:
     buf = await make(commit_interval=0.05)
     committed = asyncio.Event()
