@@ -61,6 +61,7 @@ def _integrity(db: Path) -> list[str]:
 # -- disk full -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial_only  # no eviction only if publishing keeps up with two 10-25 ms devices: needs the CPU
 def test_disk_full_degrades_keeps_polling_and_recovers_by_itself(
     small_fs: Path, tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber],
     gateways: list[GatewayProcess],
