@@ -48,8 +48,17 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+# The tests run in two passes: most of them on TEST_WORKERS pytest-xdist workers at once (they wait on
+# sockets and processes far more than on the CPU, so more workers than cores pay), then the ones
+# marked serial_only (CPU- or timing-sensitive: the bench) alone. Status 5 (no tests collected or
+# all deselected: a wrong path or marker) fails with its reason, never passes as "nothing failed".
+TEST_WORKERS ?= 4
+PYTEST_PASS = echo '$(BIN)/pytest -q $(1)'; status=0; $(BIN)/pytest -q $(1) || status=$$?; \
+	if [ $$status = 5 ]; then echo "pytest $(1): no tests collected (status 5)" >&2; fi; exit $$status
+
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -q
+	@$(call PYTEST_PASS,-n $(TEST_WORKERS) -m "not serial_only")
+	@$(call PYTEST_PASS,-p no:xdist -m serial_only)
 
 # An offline installation source for the gateways (`sudo deploy/install.sh` finds it): wheels of
 # city-gateway and of every dependency for CPython $(WHEEL_PYTHON) on 64-bit (aarch64) and 32-bit

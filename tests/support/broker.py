@@ -28,30 +28,24 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publish.publisher import Publisher
 from gateway.wire.encoding import decode_telemetry
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_port(host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
     """Return once ``host:port`` accepts a TCP connection; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def listening() -> bool:
         if not alive():
             raise AssertionError(f"the server for {host}:{port} exited before listening")
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s") from None
-            time.sleep(0.02)
+            return False
+
+    wait_until(listening, timeout, f"something listening on {host}:{port}", every=0.02)
 
 
 class Mosquitto:
@@ -305,15 +299,6 @@ def retained(host: str, port: int, topic: str, timeout: float = 5.0) -> dict[str
     with Subscriber(host, port, topic) as sub:
         msgs = sub.wait_for(lambda ms: any(m.retain for m in ms), timeout)
         return next(m for m in msgs if m.retain).doc
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """In asyncio tests: wait for ``predicate()`` to be true (checked every 10 ms), fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- a proxy that can cut the link -----------------------------------------------------------------

@@ -15,6 +15,8 @@ import struct
 import threading
 from types import TracebackType
 
+from tests.support.ports import free_port
+
 TRACKING_LENGTH = 104
 
 
@@ -76,6 +78,4 @@ class ChronyResponder:
 
 def closed_udp_port() -> int:
     """A UDP port on 127.0.0.1 nothing listens on (a datagram to it is refused: ICMP unreachable)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port(socket.SOCK_DGRAM)

@@ -247,12 +247,3 @@ class Streamer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-async def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    """Return once ``condition()`` is true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.005)

@@ -25,7 +25,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.support.broker import LOOPBACK, Mosquitto, Received, first_arrivals, telemetry
+from tests.support.ports import free_port
 
 # -- a Modbus TCP server that misbehaves -----------------------------------------------------------------
 
@@ -375,8 +375,6 @@ class AuthMosquitto(Mosquitto):
     password file (the gateway). ``set_users`` rewrites the file and makes a running broker reload it."""
 
     def __init__(self, workdir: Path, users: dict[str, str]) -> None:
-        from tests.support.broker import free_port
-
         super().__init__(workdir)
         self.auth_port = free_port()
         self.password_file = workdir / "passwords"
@@ -545,18 +543,6 @@ def _ranges(seqs: set[int]) -> str:
         else:
             runs.append([seq, seq])
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something true (returned); AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 class Arrivals:

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gateway.control import SOCKET_NAME, request
+from tests.support.wait import wait_until
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
@@ -80,31 +80,30 @@ class GatewayProcess:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the daemon answers on its control socket."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def answers() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 self.status()
-                return
+                return True
             except (ConnectionError, OSError, json.JSONDecodeError):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"gateway not ready after {timeout}s:\n{self.log()}") from None
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, timeout, lambda: f"the gateway to be ready:\n{self.log()}")
 
     def status(self) -> dict[str, Any]:
         return request(self.data_dir / SOCKET_NAME, {"cmd": "status"}, timeout=5)["status"]
 
     def wait_status(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if predicate(status):
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"status never matched; last: {json.dumps(status, indent=1)}")
-            time.sleep(0.05)
+        """Wait until ``predicate(status)`` holds; returns that status."""
+        last: list[dict[str, Any]] = [{}]
+
+        def matched() -> dict[str, Any] | None:
+            last[0] = self.status()
+            return last[0] if predicate(last[0]) else None
+
+        return wait_until(matched, timeout, lambda: f"the status to match; last: {json.dumps(last[0], indent=1)}")
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; returns the exit status."""

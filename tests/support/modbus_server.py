@@ -26,7 +26,7 @@ failing; only reads past the last range fail.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,3 +244,7 @@ def encode_registers(value: float | int, type_: str, byte_order: str = "ABCD") -
     if byte_order in ("BADC", "DCBA"):
         words = [w[::-1] for w in words]
     return [int.from_bytes(w, "big") for w in words]
+
+
+StartModbus = Callable[..., Awaitable[ModbusTestServer]]
+"""The ``start_modbus`` fixture (tests/integration/conftest.py): ``await start_modbus(**kw)``."""

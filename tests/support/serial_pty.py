@@ -19,9 +19,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.support.wait import wait_until
 
 WAIT = 5.0  # seconds to wait for socat to make or remove its links
 POLL = 0.005
@@ -53,15 +54,19 @@ class SerialPty:
         ends = [f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"]
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen([binary, "-d", "-d", *ends], stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + WAIT
-        while not (self.a.exists() and self.b.exists()):
-            if self._proc.poll() is not None:
+        proc = self._proc
+
+        def linked() -> bool:
+            if proc.poll() is not None:
                 self._proc = None
                 raise RuntimeError(f"socat exited early: {self.log.read_text(errors='replace')[-500:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"socat made no links within {WAIT}s")
-            time.sleep(POLL)
+            return self.a.exists() and self.b.exists()
+
+        try:
+            wait_until(linked, WAIT, "socat to make both links", every=POLL)
+        except AssertionError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -74,14 +79,13 @@ class SerialPty:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=WAIT)
-        deadline = time.monotonic() + WAIT
-        while self.a.is_symlink() or self.b.is_symlink():
-            if time.monotonic() > deadline:  # socat killed hard leaves its links behind
-                for link in (self.a, self.b):
-                    if link.is_symlink():
-                        os.unlink(link)
-                break
-            time.sleep(POLL)
+        try:
+            wait_until(lambda: not (self.a.is_symlink() or self.b.is_symlink()), WAIT, "socat's links gone",
+                       every=POLL)
+        except AssertionError:  # socat killed hard leaves its links behind
+            for link in (self.a, self.b):
+                if link.is_symlink():
+                    os.unlink(link)
 
     def __enter__(self) -> SerialPty:
         return self.start()

@@ -20,7 +20,8 @@ from gateway.bench.report import render
 from gateway.bench.subscriber import BenchSubscriber, mqtt_overhead
 from tests.support.broker import Mosquitto
 
-pytestmark = pytest.mark.integration
+# The bench loads both cores on purpose: it runs alone, after the parallel pass (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial_only]
 
 MB = 1024 * 1024
 

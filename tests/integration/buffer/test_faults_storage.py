@@ -66,6 +66,7 @@ def _integrity(db: Path) -> list[str]:
 # -- disk full -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial_only  # no eviction only if publishing keeps up with two 10-25 ms devices: needs the CPU
 def test_disk_full_degrades_keeps_polling_and_recovers_by_itself(
     small_fs: Path, tmp_path: Path, mosquitto: Mosquitto, subscribe: Callable[..., Subscriber],
     gateways: list[GatewayProcess],
@@ -104,7 +105,9 @@ def test_disk_full_degrades_keeps_polling_and_recovers_by_itself(
                             and all(d["polls"] > polls[n] + 40 for n, d in s["devices"].items()), timeout=30)
     assert status["buffer"]["state"] == "degraded", "the disk is still full"
     assert all(d["state"] == "ok" for d in status["devices"].values()), "polling stopped"
-    assert len(sub.messages) > received, "the committed backlog was not published while degraded"
+    # The backlog was published while degraded (the status above); the test's subscriber, cut off
+    # with the broker, reconnects on its own time and gets it then.
+    sub.wait_for(lambda ms: len(ms) > received, timeout=20)
 
     filler.unlink()
     gw.wait_status(lambda s: s["buffer"]["state"] == "ok" and s["buffer"]["reason"] is None, timeout=20)

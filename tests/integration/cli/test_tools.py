@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.gateway_proc import GatewayProcess, base_config, run_cli, write_config
-from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus, encode_registers
 from tests.support.serial_pty import SerialPty
 
 pytestmark = pytest.mark.integration
@@ -61,26 +61,22 @@ def quiet_pymodbus() -> None:
 
 
 @pytest.fixture
-async def tcp_server() -> AsyncIterator[ModbusTestServer]:
-    server = ModbusTestServer()
-    await server.start()
+async def tcp_server(start_modbus: StartModbus) -> ModbusTestServer:
+    server = await start_modbus()
     await server.set_registers("holding", 10, [215])
     await server.set_registers("holding", 20, encode_registers(12.5, "float32", "CDAB"))
-    yield server
-    await server.stop()
+    return server
 
 
 @pytest.fixture
-async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
-    server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a))
+async def bus(pty: SerialPty, start_modbus: StartModbus) -> ModbusTestServer:
+    server = await start_modbus(units=UNITS, transport="rtu", serial_port=str(pty.a))
     for unit in ABSENT:
         server.mute(unit=unit)
-    await server.start()
     for unit in UNITS:
         await server.set_registers("holding", 10, [200 + unit], unit=unit)
         await server.set_registers("holding", 20, encode_registers(unit * 1.5, "float32", "CDAB"), unit=unit)
-    yield server
-    await server.stop()
+    return server
 
 
 def rtu_config(tmp_path: Path, port: Path, broker_port: int) -> Path:

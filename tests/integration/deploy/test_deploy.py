@@ -27,6 +27,7 @@ from tests.support import REPO
 from tests.support.broker import Mosquitto, free_port
 from tests.support.gateway_proc import base_config, write_config
 from tests.support.needs import have_tool, require_tool, unavailable
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -301,18 +302,15 @@ class NotifySocket:
 
     def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float, alive: Callable[[], bool],
                  what: str) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.drain()):
+        def arrived() -> bool:
             assert alive(), f"the process died waiting for {what}"
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s; got {self.drain()}"
-            time.sleep(0.01)
+            return predicate(self.drain())
+
+        wait_until(arrived, timeout, lambda: f"{what}; got {self.drain()}", every=0.01)
         return self.drain()
 
     async def wait_for_async(self, predicate: Callable[[list[str]], bool], timeout: float, what: str) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.drain()):
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s; got {self.drain()}"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: predicate(self.drain()), timeout, lambda: f"{what}; got {self.drain()}")
         return self.drain()
 
 
@@ -353,10 +351,7 @@ def test_gateway_run_tells_systemd_ready_watchdog_and_stopping(notify_socket: No
             status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
             return status["devices"]["sim-1"]["polls"] >= 1
 
-        deadline = time.monotonic() + 10
-        while not polled():
-            assert time.monotonic() < deadline, "no reading within 10 s of the start"
-            time.sleep(0.02)
+        wait_until(polled, 10, "a reading within 10 s of the start", every=0.02)
         assert time.monotonic() - started < 10
         # With no broker at all the gateway is idle but healthy: the heartbeat goes on.
         got = notify_socket.wait_for(lambda got: got.count("WATCHDOG=1") >= 5, 10, alive, "five heartbeats")
@@ -445,8 +440,7 @@ def test_daemon_runs_with_writable_executable_memory_refused(
     try:
         from gateway.control import SOCKET_NAME, request
 
-        deadline = time.monotonic() + 20
-        while True:
+        def sent() -> bool:
             if proc.poll() == 77:
                 pytest.skip(f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux 6.3+): "
                             "it cannot refuse writable executable memory")
@@ -454,12 +448,11 @@ def test_daemon_runs_with_writable_executable_memory_refused(
             assert proc.poll() is None, log_path.read_text()
             try:
                 status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
-                if status["broker"]["readings_sent"] > 0:
-                    break
             except (ConnectionError, OSError):
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+                return False
+            return bool(status["broker"]["readings_sent"] > 0)
+
+        wait_until(sent, 20, lambda: f"a reading sent:\n{log_path.read_text()}")
         proc.terminate()
         assert proc.wait(timeout=15) == 0
     finally:

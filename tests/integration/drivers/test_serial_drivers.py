@@ -32,10 +32,10 @@ from tests.support.emulators import (
     nmea,
     pms_frame,
     sds_frame,
-    wait_until,
 )
 from tests.support.gateway_proc import GatewayProcess, base_config, write_config
 from tests.support.serial_pty import SerialPty
+from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ async def make_driver(pty: SerialPty) -> AsyncIterator[MakeDriver]:
 
 
 async def frames_in(driver: SerialDriver, n: int, counter: str = "frames") -> None:
-    await wait_until(lambda: driver.counters[counter] >= n, what=f"{n} {counter}")
+    await wait_until_async(lambda: driver.counters[counter] >= n, what=f"{n} {counter}")
 
 
 # -- pms5003 --------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ async def test_pms5003_frames_split_across_writes(make_driver: MakeDriver, pty: 
     for cut in (1, 2, 5, 17, 31, 33, 40, 64):  # each piece is read alone: the next waits for it to arrive
         peer.write(data[sent:cut])
         sent = cut
-        await wait_until(lambda n=cut: driver.counters["bytes"] >= n, what="bytes read")
+        await wait_until_async(lambda n=cut: driver.counters["bytes"] >= n, what="bytes read")
     assert driver.counters["frames"] == 2
     assert (await driver.poll()).values == [12, 23, 34]
 
@@ -124,7 +124,7 @@ async def test_pms5003_garbage_and_bad_checksums(make_driver: MakeDriver, pty: S
     bad[-1] ^= 0xFF
     peer.write(b"\x00\x13\x42garbage" + bytes(bad) + pms_frame(PMS) + b"\xff\xfe" + pms_frame(PMS)[:9])
     await frames_in(driver, 1)
-    await wait_until(lambda: driver.counters["bytes"] >= 10 + 32 + 32 + 2 + 9)
+    await wait_until_async(lambda: driver.counters["bytes"] >= 10 + 32 + 32 + 2 + 9)
     assert (await driver.poll()).values == [12, 23, 34]
     counters = driver.counters
     assert counters["frames"] == 1 and counters["bad_checksum"] == 1
@@ -163,7 +163,7 @@ async def test_pms5003_stale_after(make_driver: MakeDriver, pty: SerialPty, peer
     got_at = time.monotonic()
     assert (await driver.poll()).values == [12, 23, 34]
     assert (await driver.poll()).values == [12, 23, 34]  # nothing new yet: the last value, still fresh
-    await wait_until(lambda: time.monotonic() - got_at > 0.3, what="stale_after passed")
+    await wait_until_async(lambda: time.monotonic() - got_at > 0.3, what="stale_after passed")
     stale = r"no valid data on .*ttyB for 0\.[3-9]s \(since the port was opened: 32 bytes, 1 frames\)"
     with pytest.raises(DriverError, match=stale):
         await driver.poll()
@@ -172,7 +172,7 @@ async def test_pms5003_stale_after(make_driver: MakeDriver, pty: SerialPty, peer
 async def test_pms5003_passive_mode(make_driver: MakeDriver, pty: SerialPty, peers: Any) -> None:
     emulator = Pms5003Emulator(peers(pty), PMS)
     driver = await make_driver(Pms5003Driver, mode="passive", timeout="1s")
-    await wait_until(lambda: emulator.passive, what="passive mode set")
+    await wait_until_async(lambda: emulator.passive, what="passive mode set")
     assert (await driver.poll()).values == [12, 23, 34]
     emulator.values = [v + 1 for v in PMS]
     assert (await driver.poll()).values == [13, 24, 35]
@@ -202,7 +202,7 @@ async def test_port_vanishes_and_comes_back(case: str, make_driver: MakeDriver, 
     peers(pty).write(send(1))
     assert (await driver.poll()).values == expected(1)
     pty.stop()  # the USB adapter is pulled
-    await wait_until(lambda: driver.counters["port_lost"] == 1, what="port loss noticed")
+    await wait_until_async(lambda: driver.counters["port_lost"] == 1, what="port loss noticed")
     with pytest.raises(DriverError, match=r"serial port .*ttyB is gone: device disconnected"):
         await driver.poll()
     await driver.close()  # what the scheduler does next, then open() with backoff
@@ -228,7 +228,7 @@ async def test_a_second_opener_is_refused(make_driver: MakeDriver) -> None:
 async def test_sds011_active_mode(make_driver: MakeDriver, pty: SerialPty, peers: Any) -> None:
     emulator = Sds011Emulator(peers(pty), 0, 0)
     driver = await make_driver(Sds011Driver, aggregate="max", points=["pm2_5", "pm10", "sensor_id"])
-    await wait_until(lambda: len(emulator.commands) == 2, what="setup commands")
+    await wait_until_async(lambda: len(emulator.commands) == 2, what="setup commands")
     assert [c[2:5] for c in emulator.commands] == [b"\x06\x01\x01", b"\x02\x01\x00"]  # work, active mode
     bad = bytearray(sds_frame(500, 500))
     bad[8] ^= 1
@@ -244,7 +244,7 @@ async def test_sds011_active_mode(make_driver: MakeDriver, pty: SerialPty, peers
 async def test_sds011_query_mode(make_driver: MakeDriver, pty: SerialPty, peers: Any) -> None:
     emulator = Sds011Emulator(peers(pty), 8.4, 15.2)
     driver = await make_driver(Sds011Driver, mode="query")
-    await wait_until(lambda: emulator.query_mode, what="query mode set")
+    await wait_until_async(lambda: emulator.query_mode, what="query mode set")
     assert (await driver.poll()).values == [8.4, 15.2]
     emulator.pm25 = 9.9
     assert (await driver.poll()).values == [9.9, 15.2]

@@ -25,7 +25,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.gateway_proc import GatewayProcess, base_config, write_config
-from tests.support.modbus_server import ModbusTestServer, Request
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +56,11 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    srv = ModbusTestServer(holding=[(0, 100)], coil=[(0, 16)])
-    await srv.start()
+async def server(start_modbus: StartModbus) -> ModbusTestServer:
+    srv = await start_modbus(holding=[(0, 100)], coil=[(0, 16)])
     await srv.set_registers("holding", 10, [200])  # setpoint 20.0
     await srv.set_registers("holding", 20, [7])
-    yield srv
-    await srv.stop()
+    return srv
 
 
 def writes(server: ModbusTestServer) -> list[Request]:

@@ -21,7 +21,7 @@ from gateway.buffer.queue import Buffer
 from gateway.config.settings import MqttSection
 from gateway.model import Batch, PointSet
 from gateway.publish.publisher import Publisher
-from tests.support.broker import LinkProxy, Mosquitto, Subscriber, telemetry, until
+from tests.support.broker import LinkProxy, Mosquitto, Subscriber, telemetry
 from tests.support.faults import (
     Arrivals,
     AuthMosquitto,
@@ -30,9 +30,9 @@ from tests.support.faults import (
     assert_accounted,
     readings_by_key,
     sim_device,
-    wait_until,
 )
 from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ async def test_refused_login_is_logged_once_and_retried_with_backoff_while_buffe
             assert buffer.next_seq("dev") > 1, "nothing was committed while the login was refused"
 
             auth_broker.set_users({USER: "wrong-password"})  # the platform side is fixed: our password works
-            await until(lambda: pub.connected, 10, "the login with the right password")
+            await wait_until_async(lambda: pub.connected, 10, "the login with the right password")
             for i in range(200, 210):
                 buffer.put(Batch("dev", 1000 + i, points, [i, -i]))
             await buffer.flush()

@@ -28,8 +28,8 @@ from tests.support.broker import (
     status_docs,
     status_seen,
     telemetry,
-    until,
 )
+from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ async def test_drains_a_backlog_once_in_order_and_acks_what_arrived(
     pub = await start_publisher(settings(mosquitto.host, mosquitto.port, encoding=fmt,
                                          batch={"max_readings": 100}, max_inflight=4), buf)
     got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
-    await until(lambda: len(buf.acked) == len(buf.rows), 5, "every row acked")
+    await wait_until_async(lambda: len(buf.acked) == len(buf.rows), 5, "every row acked")
 
     assert_in_order(got, buf.total(), exact=True)
     docs = telemetry(got)
@@ -133,12 +133,12 @@ async def test_broker_stopped_mid_stream_nothing_missing_per_device(
         mosquitto.stop()
         rows_at_stop = buf.next_row
         # the loss, then reconnections refused
-        await until(lambda: not pub.connected and "Connection refused" in (pub.last_error or ""), 10,
-                    "the publisher to notice")
-        await until(lambda: buf.next_row > rows_at_stop + 300, 10, "a backlog while the broker is away")
+        await wait_until_async(lambda: not pub.connected and "Connection refused" in (pub.last_error or ""), 10,
+                               "the publisher to notice")
+        await wait_until_async(lambda: buf.next_row > rows_at_stop + 300, 10, "a backlog while the broker is away")
         assert not any(r >= rows_at_stop for r in buf.acked), "acked while the broker was down"
         mosquitto.start()
-        await until(lambda: pub.connected, 10, "reconnection")
+        await wait_until_async(lambda: pub.connected, 10, "reconnection")
     finally:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
@@ -160,29 +160,29 @@ async def test_publish_timeout_means_dead_link_and_reconnects(
     async with LinkProxy(mosquitto.host, mosquitto.port) as proxy:  # counts the connection attempts
         pub = await start_publisher(settings(proxy.host, proxy.port, publish_timeout=1.0), buf)
         await sub.wait_for_async(has_all(buf.total()), timeout=10)
-        await until(lambda: len(buf.acked) == 10, 5, "the first rows acked")
+        await wait_until_async(lambda: len(buf.acked) == 10, 5, "the first rows acked")
 
         mosquitto.pause()  # TCP stays up, nothing answers: a half-open link as the gateway sees it
         try:
             paused_at = time.monotonic()
             buf.add(["meter-1"], polls=10)
-            await until(lambda: not pub.connected, 5, "the publish timeout to end the session")
+            await wait_until_async(lambda: not pub.connected, 5, "the publish timeout to end the session")
             noticed = time.monotonic() - paused_at
             assert pub.last_error is not None and "no PUBACK within 1 s" in pub.last_error
             assert len(buf.acked) == 10, "rows acked without a PUBACK"
             # Stay frozen through attempts that get no CONNACK (each times out after 1 s): the
             # session and two attempts have failed once a fourth connection comes.
-            await until(lambda: proxy.accepted >= 4, 10, "connect attempts against the frozen broker")
+            await wait_until_async(lambda: proxy.accepted >= 4, 10, "connect attempts against the frozen broker")
             assert len(buf.acked) == 10, "rows acked without a PUBACK"
         finally:
             mosquitto.resume()
         got = await sub.wait_for_async(has_all(buf.total()), timeout=20)
-        await until(lambda: len(buf.acked) == 20, 10, "all rows acked")
+        await wait_until_async(lambda: len(buf.acked) == 20, 10, "all rows acked")
         assert noticed < 3.0
         assert pub.connects >= 2
         assert_in_order(got, buf.total(), exact=False)
-        await until(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
-                    10, "the status back online")
+        await wait_until_async(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
+                               10, "the status back online")
 
 
 async def test_attempts_without_connack_leave_no_connection_behind(
@@ -200,11 +200,12 @@ async def test_attempts_without_connack_leave_no_connection_behind(
         try:
             pub = await start_publisher(settings(proxy.host, proxy.port, publish_timeout=0.5),
                                         FakeBuffer(), backoff_initial=0.01, backoff_max=0.02)
-            await until(lambda: proxy.accepted >= 4, 10, "attempts against the frozen broker")  # three failed
+            # three failed once a fourth comes
+            await wait_until_async(lambda: proxy.accepted >= 4, 10, "attempts against the frozen broker")
             await pub.stop(timeout=1.0)
         finally:
             mosquitto.resume()
-        await until(settled, 10, "every attempt's connection to end with a DISCONNECT")
+        await wait_until_async(settled, 10, "every attempt's connection to end with a DISCONNECT")
 
 
 async def test_lost_link_fails_fast_and_the_will_says_offline(
@@ -220,12 +221,12 @@ async def test_lost_link_fails_fast_and_the_will_says_offline(
         mosquitto.pause()  # no PUBACK: the next message stays in flight
         try:
             buf.add(["meter-1"], polls=2)
-            await until(lambda: buf.fetched == 2, 5, "a message in flight")
+            await wait_until_async(lambda: buf.fetched == 2, 5, "a message in flight")
             assert not buf.acked
             await proxy.refuse()
             cut_at = time.monotonic()
             proxy.cut()  # the TCP connections die without an MQTT DISCONNECT
-            await until(lambda: not pub.connected, 5, "the publisher to notice the lost link")
+            await wait_until_async(lambda: not pub.connected, 5, "the publisher to notice the lost link")
             assert time.monotonic() - cut_at < 2.0, "a lost link must not wait for the publish timeout"
         finally:
             mosquitto.resume()
@@ -235,8 +236,8 @@ async def test_lost_link_fails_fast_and_the_will_says_offline(
         await proxy.listen()
         got = await sub.wait_for_async(has_all(buf.total()), timeout=15)
         assert_in_order(got, buf.total(), exact=False)
-        await until(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
-                    10, "the status back online")
+        await wait_until_async(lambda: retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online",
+                               10, "the status back online")
 
 
 async def test_stop_says_offline_retained_and_disconnects_cleanly(
@@ -255,7 +256,8 @@ async def test_stop_says_offline_retained_and_disconnects_cleanly(
     assert doc["state"] == "offline" and doc["version"] == "test"  # ours, not the bare will
     # A clean DISCONNECT: the broker drops the will instead of sending it.
     client_id = f"city-gateway-{GW}"
-    await until(lambda: f"Client {client_id} disconnected." in mosquitto.log(), 5, "the DISCONNECT in the log")
+    await wait_until_async(lambda: f"Client {client_id} disconnected." in mosquitto.log(), 5,
+                           "the DISCONNECT in the log")
     assert f"Client {client_id} closed its connection" not in mosquitto.log()
     got = await sub.wait_for_async(lambda ms: len(ms) >= 2, timeout=5)
     assert [d["state"] for d, _ in status_docs(got, STATUS_TOPIC)] == ["online", "offline"]
@@ -301,7 +303,7 @@ async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
         for i in range(200, 300):
             buffer.put(Batch("meter-1", 1000 + i, points, [i, i + 0.5, 1.0]))
         await buffer.flush()
-        await until(lambda: "Connection refused" in (pub.last_error or ""), 10, "the publisher to notice")
+        await wait_until_async(lambda: "Connection refused" in (pub.last_error or ""), 10, "the publisher to notice")
         mosquitto.start()
         got = await sub.wait_for_async(has_all({"meter-1": 900}), timeout=15)
         assert_in_order(got, {"meter-1": 900}, exact=False)
@@ -327,12 +329,13 @@ async def test_unreachable_broker_is_logged_once_and_retried_with_backoff(
     pub = await start_publisher(settings(broker.host, broker.port), FakeBuffer(),
                                 backoff_initial=0.02, backoff_max=0.1)
     reminder = f"broker still failing after {LOG_EVERY} attempts"  # the one line about many attempts
-    await until(lambda: any(r.getMessage().startswith(reminder) for r in caplog.records), 10, "many failed attempts")
+    await wait_until_async(lambda: any(r.getMessage().startswith(reminder) for r in caplog.records), 10,
+                           "many failed attempts")
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
     assert "Connection refused" in (pub.last_error or "")
     try:
         broker.start()
-        await until(lambda: pub.connected, 10, "the connection once the broker is up")
+        await wait_until_async(lambda: pub.connected, 10, "the connection once the broker is up")
     finally:
         await pub.stop(timeout=2.0)
         broker.stop()
@@ -369,9 +372,9 @@ async def test_tls_verifies_the_server_and_uses_the_client_certificate(
         async with LinkProxy(broker.host, broker.port) as proxy:  # counts the attempts
             pub = await start_publisher(settings(proxy.host, proxy.port, tls=tls), FakeBuffer())
             if ok:
-                await until(lambda: pub.connected, 10, "a TLS connection")
+                await wait_until_async(lambda: pub.connected, 10, "a TLS connection")
             else:
-                await until(lambda: proxy.accepted >= 3, 10, "failed attempts")  # two have failed
+                await wait_until_async(lambda: proxy.accepted >= 3, 10, "failed attempts")  # two have failed
                 assert not pub.connected and pub.connects == 0
                 assert "certificate" in (pub.last_error or "").lower()
             await pub.stop(timeout=2.0)
@@ -390,7 +393,7 @@ async def test_linger_fills_messages_instead_of_sending_each_poll(
     await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 20, "linger": 30.0}), buf)
     for _ in range(3):  # 15 readings, committed and fetched one poll at a time: not a full message yet
         buf.add(["meter-1"])
-        await until(lambda: buf.fetched == buf.next_row - 1, 5, "the drain to fetch the poll")
+        await wait_until_async(lambda: buf.fetched == buf.next_row - 1, 5, "the drain to fetch the poll")
     buf.add(["meter-1"])  # the fourth poll fills one: it goes, with the three before it
     got = await sub.wait_for_async(has_all({"meter-1": 20}), timeout=10)
     assert [len(d["readings"]) for d in telemetry(got)] == [20]
@@ -422,7 +425,7 @@ async def test_max_bytes_splits_messages_by_polls_and_loses_nothing(
     assert_in_order(got, buf.total(), exact=True)
     assert all(len(m.payload) <= 4000 for m in got)
     assert max(len(m.payload) for m in got) > 2000  # split in halves, not into single polls
-    await until(lambda: pub.readings_sent == 2 * 40 * 20, 5, "every reading counted as sent")
+    await wait_until_async(lambda: pub.readings_sent == 2 * 40 * 20, 5, "every reading counted as sent")
 
 
 async def test_a_poll_over_max_bytes_goes_alone_and_is_logged_once(

@@ -32,12 +32,12 @@ from tests.support.broker import (
     Subscriber,
     free_port,
     telemetry,
-    until,
     wait_port,
 )
 from tests.support.certs import CertKey, Pki, make_pki, tls_listener
 from tests.support.gateway_proc import base_config, run_cli, write_config
 from tests.support.needs import require_tool
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,7 @@ async def test_verified_tls_delivers_and_nothing_travels_in_plaintext(
         async with LinkProxy("127.0.0.1", tls_port) as proxy:
             buf = Buffer()
             pub = await start_publisher(mqtt(proxy.port, tls=TlsSection(ca_file=pki.ca.cert), encoding="json"), buf)
-            await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
+            await wait_until_async(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged over TLS")
             msgs = await sub.wait_for_async(lambda ms: sum(len(d["readings"]) for d in telemetry(ms)) >= 6)
             await pub.stop(timeout=2.0)
     assert [r["seq"] for doc in telemetry(msgs) for r in doc["readings"]] == [1, 2, 3, 4, 5, 6]
@@ -171,15 +171,15 @@ def test_a_rejected_server_certificate_is_a_clear_error_and_never_plaintext(
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gw.log", "wb"))  # noqa: SIM115
         try:
-            deadline = time.monotonic() + 20
-            while True:  # the first attempt and two retries have failed
+            def failed_thrice() -> dict[str, Any] | None:  # the first attempt and two retries have failed
                 assert proc.poll() is None, (tmp_path / "gw.log").read_text()
-                assert time.monotonic() < deadline, f"{tls_attempts(broker, tls_port)} attempts:\n{broker.log()}"
-                if tls_attempts(broker, tls_port) >= 3:
-                    status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
-                    if status["broker"]["last_error"]:
-                        break
-                time.sleep(0.05)
+                if tls_attempts(broker, tls_port) < 3:
+                    return None
+                status: dict[str, Any] = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
+                return status if status["broker"]["last_error"] else None
+
+            status = wait_until(failed_thrice, 20, lambda: f"three failed attempts; {tls_attempts(broker, tls_port)} "
+                                                  f"attempts:\n{broker.log()}")
         finally:
             proc.terminate()
             assert proc.wait(timeout=15) == 0
@@ -201,7 +201,7 @@ async def test_a_plaintext_broker_is_never_talked_to_in_plaintext(
     brokers.append(broker)
     before = tls_attempts(broker, broker.port)
     pub = await start_publisher(mqtt(broker.port, tls=TlsSection(ca_file=pki.ca.cert)), buf := Buffer())
-    await until(lambda: tls_attempts(broker, broker.port) >= before + 4, 10, "three failed attempts")
+    await wait_until_async(lambda: tls_attempts(broker, broker.port) >= before + 4, 10, "three failed attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert client_sessions(broker) == 0 and "protocol error" in broker.log()
 
@@ -226,7 +226,7 @@ async def test_mtls_without_a_trusted_client_certificate_is_refused(
         tls = TlsSection(ca_file=pki.ca.cert, cert_file=pki.rogue_client.cert, key_file=pki.rogue_client.key)
     before = tls_attempts(broker, tls_port)
     pub = await start_publisher(mqtt(tls_port, tls=tls, publish_timeout=1.0), buf := Buffer())
-    await until(lambda: tls_attempts(broker, tls_port) >= before + 3, 15, "two refused attempts")
+    await wait_until_async(lambda: tls_attempts(broker, tls_port) >= before + 3, 15, "two refused attempts")
     assert not pub.connected and pub.connects == 0 and not buf.acked
     assert reason in (pub.last_error or "")
     assert len([r for r in caplog.records if reason in r.getMessage()]) == 1
@@ -268,7 +268,7 @@ async def test_password_login_from_env_or_file_and_never_in_clear(
     async with LinkProxy("127.0.0.1", password_broker) as proxy:
         buf = Buffer()
         pub = await start_publisher(config.mqtt.model_copy(update={"port": proxy.port}), buf)
-        await until(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
+        await wait_until_async(lambda: buf.acked == {1, 2, 3}, 10, "every batch acknowledged")
         await pub.stop(timeout=2.0)
     assert proxy.sent[:1] == b"\x16", "the proxy did not see the TLS handshake: nothing was recorded"
     assert SECRET.encode() not in bytes(proxy.sent)
@@ -284,7 +284,7 @@ async def test_a_wrong_password_is_one_clear_line_and_buffering_goes_on(
     broker = brokers[-1]  # password_broker's
     before = tls_attempts(broker, password_broker)
     pub = await start_publisher(config.mqtt, buf := Buffer())
-    await until(lambda: tls_attempts(broker, password_broker) >= before + 5, 15, "several refused logins")
+    await wait_until_async(lambda: tls_attempts(broker, password_broker) >= before + 5, 15, "several refused logins")
     assert not pub.connected and not buf.acked  # nothing taken from the buffer
     refusal = re.compile(r"not authori[sz]ed|bad user name or password", re.I)  # MQTT 3.1.1 return codes 5, 4
     assert refusal.search(pub.last_error or "")
@@ -322,17 +322,15 @@ def test_run_and_status_never_show_the_password_and_warn_about_a_readable_config
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--log-level", "DEBUG", "run", "-c", str(path)],
                                 stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def connected() -> bool:
             assert proc.poll() is None, log_path.read_text()
             try:
                 status = request(tmp_path / "data" / SOCKET_NAME, {"cmd": "status"})["status"]
-                if status["broker"]["connected"]:
-                    break
             except (ConnectionError, OSError):
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+                return False
+            return bool(status["broker"]["connected"])
+
+        wait_until(connected, 20, lambda: f"the connection:\n{log_path.read_text()}")
         shown = run_cli("status", "--json", "-c", str(path))
         assert shown.returncode == 0, shown.stderr
         assert SECRET not in shown.stdout + shown.stderr
@@ -354,10 +352,11 @@ def test_no_warning_for_a_config_only_its_group_can_read(tmp_path: Path) -> None
     with open(tmp_path / "gw.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(path)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 20
-        while "started" not in (tmp_path / "gw.log").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
-            time.sleep(0.05)
+        def started() -> bool:
+            assert proc.poll() is None, (tmp_path / "gw.log").read_text()
+            return "started" in (tmp_path / "gw.log").read_text()
+
+        wait_until(started, 20, lambda: f"the start:\n{(tmp_path / 'gw.log').read_text()}")
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0

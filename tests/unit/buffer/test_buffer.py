@@ -939,6 +939,7 @@ async def test_congested_while_publishing_when_a_busy_gateway_lags_and_relieved_
     assert not buf.flow.congested(publishing=True)
 
 
+@pytest.mark.serial_only  # measures the CPU share of the loop thread: tests beside it take CPU from it
 async def test_busy_share_of_the_loop_thread_is_measured(make: Callable[..., Any]) -> None:
     """flow.busy is the loop thread's CPU time over the wall time of the last commit interval. A thread
     that spins gets a whole core only on an idle machine (on a shared one, far less): compare with

@@ -19,6 +19,7 @@ from gateway.config.settings import DeviceSpec
 from gateway.daemon.systemd import notify, watchdog_period
 from gateway.daemon.watchdog import Watchdog, gateway_problem
 from gateway.poll.scheduler import Scheduler
+from tests.support.wait import wait_until_async
 
 
 class Receiver:
@@ -43,11 +44,8 @@ class Receiver:
         return {"NOTIFY_SOCKET": self.address, **extra}
 
     async def wait_for(self, predicate, timeout: float = 5.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.drain()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not received within {timeout} s; got {self.received}")
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: predicate(self.drain()), timeout, lambda: f"a datagram; got {self.received}",
+                               every=0.005)
         return self.received
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 from drivers.system.driver import SystemConfig, SystemDriver
 from drivers.system.sources import POINTS, decode_throttled
 from gateway.driver import DeviceInfo, DriverError
+from tests.support.wait import wait_until_async
 
 DEVICE = DeviceInfo("health", 60.0)
 THROTTLE_POINTS = ("under_voltage", "freq_capped", "throttled", "soft_temp_limit", "under_voltage_occurred",
@@ -215,12 +215,12 @@ async def test_this_machine(tmp_path: Path) -> None:
         assert -40 < first["cpu_temp"] < 125
     if "bytes_written" in names:
         _write_synced(tmp_path / "blob", 1 << 20)
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def later() -> dict[str, object] | None:
         second = await read(drv)
-        if second["uptime"] > first["uptime"] or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.01)
+        return second if second["uptime"] > first["uptime"] else None
+
+    second = await wait_until_async(later, 5, "the uptime to grow")
     assert second["uptime"] > first["uptime"]
     if "bytes_written" in names and second["bytes_written"] == first["bytes_written"]:
         pytest.skip(f"/proc/self/io write_bytes did not grow for 1 MiB fsynced to {tmp_path}: "

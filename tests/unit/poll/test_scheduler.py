@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from gateway.poll import device
 from gateway.poll.device import MAX_BACKOFF, DeviceTask, backoff_delay, next_deadline
 from gateway.poll.report import ReportFilter
 from gateway.poll.scheduler import Scheduler
+from tests.support.wait import wait_until_async
 
 
 def test_next_deadline_on_time_keeps_grid() -> None:
@@ -55,12 +55,6 @@ def _spec(name: str, interval: float, fail_flag: Path | None = None) -> DeviceSp
     return DeviceSpec(name=name, driver="simulated", interval=interval, enabled=True, options=options)
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-
-
 async def test_device_lost_and_back_changes_state_once_each(tmp_path: Path) -> None:
     flag = tmp_path / "dead"
     batches: list[Batch] = []
@@ -77,16 +71,16 @@ async def test_device_lost_and_back_changes_state_once_each(tmp_path: Path) -> N
     sched = Scheduler(sink=sink, on_change=lambda: changes.append("x"))
     task = sched.add(_spec("flaky", 0.02, flag), SimulatedDriver)
     sched.add(_spec("healthy", 0.02), SimulatedDriver)
-    await _until(lambda: len(batches) >= 3)
+    await wait_until_async(lambda: len(batches) >= 3)
     assert task.health.state == "ok"
     flag.write_text("unit 1 does not answer")
-    await _until(lambda: task.health.state == "error")
+    await wait_until_async(lambda: task.health.state == "error")
     assert task.health.last_error == "unit 1 does not answer"
     seen_healthy = other_batches
-    await _until(lambda: other_batches >= seen_healthy + 5)  # the others keep flowing
+    await wait_until_async(lambda: other_batches >= seen_healthy + 5)  # the others keep flowing
     count = len(batches)
     flag.unlink()
-    await _until(lambda: task.health.state == "ok" and len(batches) > count)
+    await wait_until_async(lambda: task.health.state == "ok" and len(batches) > count)
     assert task.health.last_error is None
     assert task.health.errors >= 1
     await sched.stop_all()
@@ -121,7 +115,7 @@ async def test_slow_poll_skips_and_counts_overruns_instead_of_queueing() -> None
     batches: list[Batch] = []
     sched = Scheduler(sink=batches.append, on_change=lambda: None)
     task = sched.add(_spec("slow", 0.01), _SlowDriver)  # type: ignore[arg-type]
-    await _until(lambda: len(batches) >= 5)
+    await wait_until_async(lambda: len(batches) >= 5)
     await sched.stop_all()
     assert task.health.overruns >= 2 * (len(batches) - 1)
     assert task.health.polls == len(batches)
@@ -146,7 +140,7 @@ async def test_devices_on_one_bus_take_turns() -> None:
     sched = Scheduler(sink=batches.append, on_change=lambda: None)
     for i in range(3):
         sched.add(_spec(f"unit-{i}", 0.005), _BusDriver)  # type: ignore[arg-type]
-    await _until(lambda: len({b.device for b in batches}) == 3 and len(batches) >= 15)
+    await wait_until_async(lambda: len({b.device for b in batches}) == 3 and len(batches) >= 15)
     await sched.stop_all()
     assert _BusDriver.peak == 1
 
@@ -183,14 +177,14 @@ async def test_a_failure_past_the_driver_is_a_device_error_and_polling_goes_on(
     sched = Scheduler(sink=sink, on_change=lambda: changes.append(task.health.state), stamp=stamp)
     task = sched.add(dataclasses.replace(_spec("d", 0.01), deadband=0.0), SimulatedDriver)
     try:
-        await _until(lambda: len(batches) >= 3)
+        await wait_until_async(lambda: len(batches) >= 3)
         fault = True
-        await _until(lambda: task.health.errors >= 3)  # still polling, each poll counted...
+        await wait_until_async(lambda: task.health.errors >= 3)  # still polling, each poll counted...
         assert task.health.state == "error" and task.alive
         assert task.health.last_error == f"handling the poll failed: RuntimeError: bug in the {seam}"
         count = len(batches)
         fault = False
-        await _until(lambda: task.health.state == "ok" and len(batches) > count)  # ...and back
+        await wait_until_async(lambda: task.health.state == "ok" and len(batches) > count)  # ...and back
     finally:
         await sched.stop_all()
     assert changes == ["ok", "error", "ok"]
@@ -216,7 +210,7 @@ async def test_a_poll_loop_that_dies_is_seen_by_the_watchdog_and_restarted(caplo
     sched = Scheduler(sink=batches.append, on_change=lambda: None, congested=congested)
     task = sched.add(_spec("d", 0.2), SimulatedDriver)
     try:
-        await _until(lambda: len(batches) >= 1)
+        await wait_until_async(lambda: len(batches) >= 1)
         dead = task._task
         assert dead is not None
         broken = True
@@ -228,7 +222,7 @@ async def test_a_poll_loop_that_dies_is_seen_by_the_watchdog_and_restarted(caplo
         assert task.health.last_error == "poll loop ended: RuntimeError: bug in the congestion check"
         broken = False
         count = len(batches)
-        await _until(lambda: task.alive and task.health.state == "ok" and len(batches) > count)
+        await wait_until_async(lambda: task.alive and task.health.state == "ok" and len(batches) > count)
         assert gateway_problem(sched, None) is None and task._task is not dead
     finally:
         await sched.stop_all()  # must not raise: the daemon still has to flush the buffer
@@ -249,11 +243,11 @@ async def test_a_wall_clock_step_neither_stops_nor_bunches_polling(monkeypatch: 
     batches: list[Batch] = []
     sched = Scheduler(sink=batches.append, on_change=lambda: None)
     task = sched.add(_spec("d", 0.02), SimulatedDriver)
-    await _until(lambda: len(batches) >= 5)
+    await wait_until_async(lambda: len(batches) >= 5)
     monkeypatch.setattr(time_module, "time", lambda: real_time() - 3600)
     stepped_at = len(batches)
     started = time_module.monotonic()
-    await _until(lambda: len(batches) >= stepped_at + 10)
+    await wait_until_async(lambda: len(batches) >= stepped_at + 10)
     elapsed = time_module.monotonic() - started
     await sched.stop_all()
     assert elapsed >= 9 * 0.02  # no burst of catch-up polls
@@ -276,14 +270,14 @@ async def test_a_congested_pipeline_skips_polls_and_waits_for_relief_not_each_in
 
     sched = Scheduler(sink=batches.append, on_change=lambda: None, congested=is_congested, relief=relief.wait)
     task = sched.add(_spec("d", 0.01), SimulatedDriver)
-    await _until(lambda: checks >= 1)
+    await wait_until_async(lambda: checks >= 1)
     started = time.monotonic()
     while time.monotonic() - started < 0.1:  # ten intervals pass...
         await asyncio.sleep(0.01)
     assert checks == 1 and batches == []  # ...with one look at the gate, not ten
     congested = False
     relief.set()
-    await _until(lambda: len(batches) >= 3)
+    await wait_until_async(lambda: len(batches) >= 3)
     await sched.stop_all()
     assert task.health.overruns >= 10  # the skipped poll and the slots it waited through
     assert [b.values[0] for b in batches][:3] == [1, 2, 3]
@@ -304,7 +298,7 @@ async def test_devices_with_one_interval_poll_together_on_its_grid() -> None:
     sched.add(_spec("a", interval), _StampDriver)  # type: ignore[arg-type]
     await asyncio.sleep(0.07)  # the second device starts a third of an interval later
     sched.add(_spec("b", interval), _StampDriver)  # type: ignore[arg-type]
-    await _until(lambda: sum(b.device == "b" for b in batches) >= 4)
+    await wait_until_async(lambda: sum(b.device == "b" for b in batches) >= 4)
     await sched.stop_all()
     polled = {d: [b.values[0] for b in batches if b.device == d][1:] for d in ("a", "b")}  # after the first
     slots = {d: {round(t / interval) for t in times} for d, times in polled.items()}
@@ -346,7 +340,7 @@ async def test_a_commit_on_the_grid_takes_the_polls_due_at_the_same_instant(tmp_
     sched = Scheduler(sink=buffer.put, on_change=lambda: None)
     sched.add(_spec("d", interval), _StampDriver)  # type: ignore[arg-type]
     try:
-        await _until(lambda: len(lags) >= 5)
+        await wait_until_async(lambda: len(lags) >= 5)
     finally:
         await sched.stop_all()
         await asyncio.gather(*measuring)
@@ -381,11 +375,11 @@ async def test_a_hung_poll_is_abandoned_after_the_guard_and_polling_goes_on(monk
     changed: list[tuple[float, str]] = []
     sched = Scheduler(sink=batches.append, on_change=lambda: changed.append((loop.time(), task.health.state)))
     task = sched.add(_spec("stuck", 0.05), _HangingDriver)  # type: ignore[arg-type]
-    await _until(lambda: task.health.state == "error")
+    await wait_until_async(lambda: task.health.state == "error")
     assert task.health.last_error == "poll hung and was abandoned"
     lost_at = next(t for t, state in changed if state == "error")
     assert lost_at - _HangingDriver.hung_at >= 0.05 + 0.2 - 0.01  # not before interval + POLL_GUARD
-    await _until(lambda: len(batches) >= 2)  # the next poll (after a backoff) answers
+    await wait_until_async(lambda: len(batches) >= 2)  # the next poll (after a backoff) answers
     assert [b.values for b in batches[:2]] == [[1], [3]]
     assert task.health.state == "ok" and task.alive
     await sched.stop_all()
@@ -395,7 +389,7 @@ async def test_stopping_a_device_in_a_hung_poll_is_not_a_device_error() -> None:
     sched = Scheduler(sink=lambda batch: None, on_change=lambda: None)
     task = sched.add(_spec("stuck", 0.02), _HangingDriver)  # type: ignore[arg-type]
     driver = task.driver
-    await _until(lambda: driver.polls == 2)  # type: ignore[attr-defined]
+    await wait_until_async(lambda: driver.polls == 2)  # type: ignore[attr-defined]
     await asyncio.wait_for(sched.stop_all(), 2.0)
     assert not task.alive
     assert task.health.state == "ok" and task.health.errors == 0
@@ -422,7 +416,7 @@ async def test_polls_slower_than_the_interval_but_within_the_guard_are_never_aba
 ) -> None:
     """Back-to-back polls for several guard periods: the guard looks at each poll's own start."""
     sched, task, batches = _guarded_device(monkeypatch, 0.3, _SteadyDriver, 0.01)
-    await _until(lambda: len(batches) >= 25)  # about 1.3 s: four guard periods
+    await wait_until_async(lambda: len(batches) >= 25)  # about 1.3 s: four guard periods
     await sched.stop_all()
     assert task.health.errors == 0 and task.health.state == "ok"
 
@@ -435,7 +429,7 @@ async def test_a_driver_that_swallows_the_guards_cancel_keeps_polling_and_stops_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sched, task, batches = _guarded_device(monkeypatch, 0.1, _SwallowingDriver, 0.02)
-    await _until(lambda: len(batches) >= 4)
+    await wait_until_async(lambda: len(batches) >= 4)
     assert [b.values for b in batches[:3]] == [[1], [-1], [3]]  # what it answered counts, as a poll
     assert task.health.state == "ok" and task.health.errors == 0
     assert task._task is not None and task._task.cancelling() == 0  # the guard took its cancel back
@@ -479,10 +473,10 @@ async def test_a_poll_that_ignores_cancellation_frees_the_bus_and_does_not_hold_
     caplog.set_level(logging.WARNING, logger="gateway.poll.scheduler")
     sched, stuck, other, batches = _stuck_on_a_bus(monkeypatch)
     try:
-        await _until(lambda: stuck.health.state == "error")
+        await wait_until_async(lambda: stuck.health.state == "error")
         assert stuck.health.last_error == "poll hung and ignored cancellation; device stuck"
         count = sum(b.device == "other" for b in batches)
-        await _until(lambda: sum(b.device == "other" for b in batches) >= count + 10)  # the bus is free
+        await wait_until_async(lambda: sum(b.device == "other" for b in batches) >= count + 10)  # the bus is free
         assert other.health.state == "ok"
         assert stuck.driver.polls == 2  # type: ignore[attr-defined]  # not polled again while stuck
         started = time.monotonic()
@@ -505,11 +499,11 @@ async def test_a_poll_that_ignores_cancellation_frees_the_bus_and_does_not_hold_
 async def test_a_stuck_poll_that_ends_at_last_lets_its_device_resume(monkeypatch: pytest.MonkeyPatch) -> None:
     sched, stuck, other, batches = _stuck_on_a_bus(monkeypatch)
     try:
-        await _until(lambda: stuck.health.state == "error")
+        await wait_until_async(lambda: stuck.health.state == "error")
         assert stuck.health.last_error == "poll hung and ignored cancellation; device stuck"
         _StuckDriver.unstuck.set()
-        await _until(lambda: stuck.health.state == "ok")
-        await _until(lambda: sum(b.device == "dev" for b in batches) >= 3)
+        await wait_until_async(lambda: stuck.health.state == "ok")
+        await wait_until_async(lambda: sum(b.device == "dev" for b in batches) >= 3)
     finally:
         _StuckDriver.unstuck.set()
         await asyncio.wait_for(sched.stop_all(), 5.0)

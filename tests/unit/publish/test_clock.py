@@ -18,8 +18,8 @@ from gateway.publish import chrony
 from gateway.publish import clock as clock_module
 from gateway.publish.clock import WallClock, boot_id, kernel_synced
 from gateway.wire.encoding import decode_telemetry, encode_telemetry
-from tests.support.broker import until
 from tests.support.chrony import ChronyResponder, closed_udp_port
+from tests.support.wait import wait_until_async
 
 
 def _clock(tmp_path: Path, check: str = "timesyncd", hold: float = 600.0) -> tuple[WallClock, Path]:
@@ -65,7 +65,7 @@ async def test_auto_asks_chronyd_where_timesyncd_does_not_run(
         await clock.start()
         assert chronyd.requests == 1 and clock.synced() is False and clock.stamp() is not None
         chronyd.synced = True
-        await until(clock.refresh, 5, "the clock synced once chronyd says so")
+        await wait_until_async(clock.refresh, 5, "the clock synced once chronyd says so")
         assert clock.stamp() is None
     assert [r.getMessage() for r in caplog.records] == [
         f"NTP client: chronyd (answers on 127.0.0.1:{chronyd.port})",
@@ -91,7 +91,7 @@ async def test_before_chronyds_first_answer_readings_wait_quietly(
     with ChronyResponder(synced=True) as chronyd:
         clock = _auto(tmp_path, chronyd.port)  # not started: the first look asks in the background
         assert clock.refresh() is False and clock.stamp() is not None
-        await until(lambda: chronyd.requests == 1 and clock.synced(), 5, "chronyd's answer")
+        await wait_until_async(lambda: chronyd.requests == 1 and clock.synced(), 5, "chronyd's answer")
     assert not any("NOT synchronized" in r.getMessage() for r in caplog.records)
 
 

@@ -18,7 +18,8 @@ from aiomqtt.exceptions import MqttConnectError
 from gateway.publish.mqttlink import GatewayClient, abandon, login_refused
 from gateway.timers import sleep_until
 from tests.support import REPO
-from tests.support.broker import LOOPBACK, Mosquitto, until
+from tests.support.broker import LOOPBACK, Mosquitto
+from tests.support.wait import wait_until_async
 
 needs_cork = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="socket.TCP_CORK exists on Linux only")
 
@@ -116,12 +117,12 @@ async def test_aiomqtt_and_paho_still_drive_every_private_part_gateway_client_re
     paho.loop_write = counted  # type: ignore[method-assign]
     await client.__aenter__()
     await client.publish("pins/check", b"x", qos=1)  # returns on PUBACK: written, answered
-    await until(lambda: _Watched.misc_runs == 1, 5, "aiomqtt to start the (overridden) housekeeping loop")
+    await wait_until_async(lambda: _Watched.misc_runs == 1, 5, "aiomqtt to start the (overridden) housekeeping loop")
     assert writes, "aiomqtt no longer writes through the paho client's loop_write"
     ended = client._disconnected
     assert isinstance(ended, asyncio.Future) and not ended.done()
     abandon(client)  # a DISCONNECT; aiomqtt resolves _disconnected once paho saw the end
-    await until(ended.done, 5, "aiomqtt to resolve _disconnected")
+    await wait_until_async(ended.done, 5, "aiomqtt to resolve _disconnected")
     assert issubclass(MqttConnectError, aiomqtt.MqttError)
     assert login_refused(MqttConnectError(mqtt.ReasonCode(mqtt.PacketTypes.CONNACK, identifier=135)))
 

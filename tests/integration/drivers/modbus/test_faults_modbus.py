@@ -29,9 +29,9 @@ from tests.support.faults import (
     bit_value,
     register_value,
     sim_device,
-    wait_until,
 )
 from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,10 @@ from drivers.modbus.driver import ModbusDriver
 from gateway.config.settings import DeviceSpec
 from gateway.model import Batch
 from gateway.poll.scheduler import Scheduler
-from tests.support.modbus_server import ModbusTestServer
+from tests.support.modbus_server import ModbusTestServer, StartModbus
 from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
+from tests.support.wait import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +26,8 @@ UNITS = (1, 2, 3)
 
 
 @pytest.fixture
-async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
-    server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a))
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+async def bus(pty: SerialPty, start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(units=UNITS, transport="rtu", serial_port=str(pty.a))
 
 
 def spec(unit: int, port: Path) -> DeviceSpec:
@@ -67,6 +54,7 @@ def attempts_allowed(elapsed: float) -> int:
     return attempts
 
 
+@pytest.mark.serial_only  # measures poll rates: tests beside it on two cores slow the loop down
 async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: ModbusTestServer, pty: SerialPty) -> None:
     arrivals: dict[str, list[float]] = defaultdict(list)
 
@@ -82,7 +70,7 @@ async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: Mod
         for unit in UNITS:
             scheduler.add(spec(unit, pty.b), ModbusDriver)
         live = ("unit-1", "unit-3")
-        await wait_until(lambda: all(len(arrivals[n]) >= 30 for n in live), "30 polls of each live unit")
+        await wait_until_async(lambda: all(len(arrivals[n]) >= 30 for n in live), 10.0, "30 polls of each live unit")
 
         for name in live:
             assert rate(arrivals[name]) >= 0.75 / INTERVAL, f"{name} slowed down by the dead unit"
@@ -90,8 +78,8 @@ async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: Mod
         counters = dead.driver.counters  # type: ignore[attr-defined]
         # An attempt may be on the line right now (its request already seen by the server, its
         # timeout not yet counted by the driver): compare once every attempt started has ended.
-        await wait_until(lambda: len(bus.requests_of(2)) == counters["timeouts"] == counters["polls"],
-                         "one request per attempt at the dead unit, each ended by its timeout")
+        await wait_until_async(lambda: len(bus.requests_of(2)) == counters["timeouts"] == counters["polls"], 5.0,
+                               "one request per attempt at the dead unit, each ended by its timeout")
         attempts = counters["polls"]
         # Doubling backoff (0.1, 0.2, 0.4, 0.8, 1.6 s...): a handful of tries in the ~3 s (more on a
         # slow machine) the live units took, never more than the backoff let start meanwhile.
@@ -101,7 +89,7 @@ async def test_dead_unit_is_backed_off_while_the_others_keep_their_rate(bus: Mod
         assert not arrivals["unit-2"]
 
         bus.mute(False, unit=2)  # it answers again: back to its normal rate
-        await wait_until(lambda: len(arrivals["unit-2"]) >= 10, "unit 2 polling again", timeout=15.0)
+        await wait_until_async(lambda: len(arrivals["unit-2"]) >= 10, 15.0, "unit 2 polling again")
         assert rate(arrivals["unit-2"]) >= 0.75 / INTERVAL
         assert dead.health.state == "ok"
     finally:
@@ -116,18 +104,18 @@ async def test_whole_bus_recovers_after_the_port_comes_back(bus: ModbusTestServe
         for unit in UNITS:
             scheduler.add(spec(unit, pty.b), ModbusDriver)
         names = [f"unit-{u}" for u in UNITS]
-        await wait_until(lambda: all(arrivals[n] for n in names), "a poll of every unit")
+        await wait_until_async(lambda: all(arrivals[n] for n in names), 10.0, "a poll of every unit")
 
         await bus.stop()
         pty.stop()
         gone = f"serial port {pty.b} is gone"
-        await wait_until(lambda: all(scheduler.tasks[n].health.last_error == gone for n in names),
-                         "every unit to report the port gone")
+        await wait_until_async(lambda: all(scheduler.tasks[n].health.last_error == gone for n in names), 10.0,
+                               "every unit to report the port gone")
 
         pty.start()
         await bus.start()
         counts = {n: len(arrivals[n]) for n in names}
-        await wait_until(lambda: all(len(arrivals[n]) > counts[n] for n in names), "every unit back", timeout=15.0)
+        await wait_until_async(lambda: all(len(arrivals[n]) > counts[n] for n in names), 15.0, "every unit back")
         assert all(scheduler.tasks[n].health.state == "ok" for n in names)
     finally:
         await scheduler.stop_all()

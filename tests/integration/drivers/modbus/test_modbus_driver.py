@@ -15,7 +15,7 @@ import pytest
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo, DriverError
-from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus, encode_registers
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +31,8 @@ MakeDriver = Callable[..., Awaitable[ModbusDriver]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    srv = ModbusTestServer(holding=[(0, 100), (200, 10), (220, 10)])
-    await srv.start()
-    yield srv
-    await srv.stop()
+async def server(start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(holding=[(0, 100), (200, 10), (220, 10)])
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,17 +10,14 @@ from pydantic import ValidationError
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo
-from tests.support.modbus_server import ModbusTestServer, Request
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    srv = ModbusTestServer(holding=[(0, 100), (200, 10), (220, 10)])
-    await srv.start()
-    yield srv
-    await srv.stop()
+async def server(start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(holding=[(0, 100), (200, 10), (220, 10)])
 
 
 def config(server: ModbusTestServer, points: list[dict[str, Any]], **device: Any) -> ModbusConfig:

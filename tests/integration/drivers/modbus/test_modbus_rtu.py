@@ -16,7 +16,7 @@ import pytest
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo, DriverError, SharedPool
-from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus, encode_registers
 from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
 
@@ -29,12 +29,9 @@ MakeDriver = Callable[..., Awaitable[ModbusDriver]]
 
 
 @pytest.fixture
-async def bus(pty: SerialPty) -> AsyncIterator[ModbusTestServer]:
-    server = ModbusTestServer(units=UNITS, transport="rtu", serial_port=str(pty.a),
+async def bus(pty: SerialPty, start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(units=UNITS, transport="rtu", serial_port=str(pty.a),
                               holding=[(0, 100), (200, 10), (220, 10)])
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
 from gateway.driver import DeviceInfo, DriverError, SharedPool, WriteRefused
-from tests.support.modbus_server import ModbusTestServer, Request, encode_registers
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus, encode_registers
 from tests.support.pool import in_use
 from tests.support.serial_pty import SerialPty
 
@@ -48,11 +48,8 @@ def quiet_pymodbus() -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    srv = ModbusTestServer(holding=[(0, 100)], coil=[(0, 16)])
-    await srv.start()
-    yield srv
-    await srv.stop()
+async def server(start_modbus: StartModbus) -> ModbusTestServer:
+    return await start_modbus(holding=[(0, 100)], coil=[(0, 16)])
 
 
 @pytest.fixture
