@@ -166,8 +166,10 @@ class Publisher:
                     self._session = Session(self, client, paho_log, buffer=self._buffer, signals=self._signals,
                                             on_up=self._connected_ok)
                     await self._session.serve()
-                except BaseException:
+                except BaseException as exc:
                     client.timeout = TEARDOWN_TIMEOUT  # bounds the DISCONNECT wait on a dead link
+                    if isinstance(exc, Exception):  # the reason now, not after that wait: a status
+                        self.last_error = describe(exc)  # never says "disconnected" without one
                     raise
                 finally:
                     self._connected = False
