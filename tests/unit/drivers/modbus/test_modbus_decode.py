@@ -17,21 +17,11 @@ from drivers.modbus.decode import (
     plan_reads,
     split_block,
 )
+from tests.support.modbus_server import encode_registers
 
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
-CODES = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
-         "float32": "f", "float64": "d"}
 
 
-def encode_registers(value: Any, type_: str, order: str) -> list[int]:
-    """The registers a device sends, built by hand: words cut from big-endian bytes, then reordered."""
-    raw = struct.pack(">" + CODES[type_], value)
-    words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
-    if order in ("CDAB", "DCBA"):
-        words.reverse()
-    if order in ("BADC", "DCBA"):
-        words = [w[::-1] for w in words]
-    return [int.from_bytes(w, "big") for w in words]
 
 
 def pt(address: int, type_: str = "uint16", order: str = "ABCD", *, table: str = "holding", **kw: Any) -> Point:
