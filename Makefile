@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 # password file, the installer, the systemd unit). Where CI is set, a test whose command is missing
 # fails instead of skipping (tests/support/needs.py).
 SYSTEM_DEPS := mosquitto:mosquitto mosquitto_passwd:mosquitto socat:socat openssl:openssl \
-               shellcheck:shellcheck systemd-analyze:systemd
+               shellcheck:shellcheck systemd-analyze:systemd nats-server:nats-server \
+               chromium:chromium chromedriver:chromium-driver
 
 system-deps:
 	@missing=""; \
