@@ -30,6 +30,7 @@ from gateway.fleet.store import FleetStore, local_digest
 log = logging.getLogger(__name__)
 
 PROVEN_CHECK = 0.2  # seconds between looks at the status counter during a trial
+TRIAL_SENT_WAIT = 2.0  # seconds the "trial" answer may take to leave before the pushed broker settings apply
 
 
 class _Queue(Protocol):
@@ -43,9 +44,12 @@ class _Clock(Protocol):
 class _Outbox(Protocol):
     def put(self, key: str, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
 
+    async def wait_sent(self, timeout: float) -> bool: ...
+
 
 class _Publisher(Protocol):
     status_acks: int  # status messages the broker took
+    last_error: str | None  # why the last session ended or failed
 
 
 class Host(Protocol):
@@ -90,7 +94,8 @@ class Fleet:
             self.store.abandon_trial()
             reason = "the gateway restarted during the trial (crash, kill or power cut); the previous config runs"
             log.error("fleet push %s (version %s) rolled back: %s", cut.get("id"), cut.get("version"), reason)
-            self._result(cut.get("id"), "rolled_back", cut.get("version"), None, reason, persist=True)
+            self._result(cut.get("id"), "rolled_back", cut.get("version"), None, reason, persist=True,
+                         rolled_back=True)
         path = self.config_file()
         if path != self.store.copy:
             return local
@@ -166,7 +171,9 @@ class Fleet:
                 self._answer({"id": id, "result": "config", "config": redacted_yaml(self.host.config)})
                 log.info("fleet get %s answered", id)
                 return
-            await self.host.reloads.submit(lambda: self._take(body, id))
+            # Judged and taken in the queue; its answers go through the outbox (the request's session
+            # may end meanwhile, when the push changes the broker settings).
+            self.host.reloads.submit(lambda: self._take(body, id))
         except Refused as exc:
             self._refuse(exc.id if exc.id is not None else id, version if isinstance(version, int) else None,
                          str(exc))
@@ -204,6 +211,7 @@ class Fleet:
         trial_s = running.fleet.trial
         log.info("fleet push %s (version %d) taken into a %gs trial: config %s", id, version, trial_s, new.hash)
         self._result(id, "trial", version, new.hash, None, persist=True)
+        await self.host.outbox.wait_sent(TRIAL_SENT_WAIT)  # told before the (maybe new) broker settings apply
         if not await self.host.apply_config(new):
             reason = self.host.reload_error or "the config could not be applied"
             self._end(trial, "rolled_back", running.hash, f"not applied: {reason}")
@@ -230,6 +238,8 @@ class Fleet:
             return False
         if not proven:
             reason = f"no status reached the broker through the pushed settings within {seconds:g}s"
+            if self.host.publisher.last_error:
+                reason += f" ({self.host.publisher.last_error})"
             await self._roll_back(trial, reason)
             return True
         await asyncio.to_thread(self.store.commit_trial)

@@ -26,11 +26,14 @@ class Outbox:
     def __init__(self) -> None:
         self._pending: dict[str, Message] = {}
         self.ready = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def put(self, key: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._pending.pop(key, None)  # a replaced entry moves to the end: order of puts holds
         self._pending[key] = Message(key, topic, payload, retain)
         self.ready.set()
+        self._empty.clear()
 
     def pending(self) -> list[Message]:
         return list(self._pending.values())
@@ -39,3 +42,14 @@ class Outbox:
         """``message`` got its PUBACK: drop it, unless it was replaced meanwhile."""
         if self._pending.get(message.key) is message:
             del self._pending[message.key]
+        if not self._pending:
+            self._empty.set()
+
+    async def wait_sent(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until everything put so far was sent; True if it was."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            return False
+        return True
