@@ -48,14 +48,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="a config of simulated devices (default: built in)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _bench_parser(sub)
-    from gateway.cli.fleet import add_fleet_command
-
-    add_fleet_command(sub, _config_arg, _duration)
     from gateway.cli.tools import add_tool_commands  # read, write and the drivers' own (the modbus scan)
     from gateway.driver import driver_tools
 
     plain = argv is not None and _command_word(argv) in PLAIN_COMMANDS
     add_tool_commands(sub, _config_arg, {} if plain else driver_tools(), taken=PLAIN_COMMANDS)
+    from gateway.cli.fleet import add_fleet_command
+
+    add_fleet_command(sub, _config_arg, _duration)
     sub.add_parser("version", help="print the version")
     return parser
 
