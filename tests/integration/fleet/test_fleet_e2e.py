@@ -226,6 +226,27 @@ def test_kill_during_a_trial_starts_the_previous_config(
     platform.wait_state(lambda s: s["state"] == "rolled_back" and s["hash"] == before["config_hash"])
 
 
+def test_a_sighup_during_a_trial_rolls_it_back_as_a_local_reload(
+    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
+    gateways: list[GatewayProcess],
+) -> None:
+    config = fleet_config(tmp_path, mosquitto.port, keys)
+    gw = new_gateway(tmp_path, config, gateways).start()
+    before = _ready(gw)
+    dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()))
+    platform.request("set", platform.body(config=dead, version=1, expect=before["config_hash"]))
+    platform.wait_result("r-1", "trial")
+    gw.wait_status(lambda s: s["config"]["source"] == "fleet" and s["config"]["fleet_version"] == 1)
+    _hup(gw)
+    rolled = platform.wait_result("r-1", "rolled_back", timeout=TRIAL + 10)
+    assert rolled["error"] == "local reload"
+    status = gw.wait_status(lambda s: s["broker"]["connected"])
+    assert status["config_hash"] == before["config_hash"] and status["config"]["source"] == "local"
+    # the pushed settings never became the last good config; the previous one did
+    gw.wait_status(lambda s: (gw.data_dir / "last-good.yaml").exists())
+    assert str(dead["mqtt"]["port"]) not in (gw.data_dir / "last-good.yaml").read_text()
+
+
 def _refusals(p: Platform, config: dict[str, Any], expect: str) -> list[tuple[str, str, str]]:
     """(kind, envelope, words the error must hold) for each refusal that needs no special timing."""
     def push(**kw: Any) -> dict[str, Any]:
