@@ -11,6 +11,7 @@ that ran before) is queued again, so a SIGHUP that came first ends the trial as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -160,7 +161,10 @@ class Fleet:
         version: Any = None
         id: str | None = None
         try:
-            keys = await asyncio.to_thread(load_trust, list(self.host.config.fleet.trust))
+            try:
+                keys = await asyncio.to_thread(load_trust, list(self.host.config.fleet.trust))
+            except ValueError as exc:
+                raise Refused(f"the gateway cannot read its trusted keys: {exc}") from None
             body = open_envelope(payload, keys)
             id = request_id(body)
             version = body.get("version") if kind == "set" else None
@@ -177,8 +181,6 @@ class Fleet:
         except Refused as exc:
             self._refuse(exc.id if exc.id is not None else id, version if isinstance(version, int) else None,
                          str(exc))
-        except ValueError as exc:  # a trusted key that does not load
-            self._refuse(id, None, f"the gateway cannot read its trusted keys: {exc}")
 
     async def _take(self, body: dict[str, Any], id: str) -> bool:
         """In the reload queue: the checks against what runs, then the trial (or a refusal)."""
@@ -193,14 +195,20 @@ class Fleet:
                 raise Refused(f"expect {body['expect']!r} is not the running config {running.hash!r} "
                               "(changed meanwhile?)", id)
             text, _ = await asyncio.to_thread(pushed_config, body["config"], id, running, self.store.data_dir)
+            await asyncio.to_thread(self.store.begin_trial, text, {"id": id, "version": version,
+                                                                   "local": local_digest(self.local_path)})
         except Refused as exc:
             self._refuse(id, version, str(exc))
             return False
-        return await self._start_trial(id, version, text, running)
+        except OSError as exc:  # a full or read-only data directory: nothing was tried
+            with contextlib.suppress(OSError):
+                self.store.abandon_trial()
+            self._refuse(id, version, f"cannot write the pushed config to the data directory: {exc}")
+            return False
+        return await self._start_trial(id, version, running)
 
-    async def _start_trial(self, id: str, version: int, text: str, running: Config) -> bool:
-        meta = {"id": id, "version": version, "local": local_digest(self.local_path)}
-        await asyncio.to_thread(self.store.begin_trial, text, meta)
+    async def _start_trial(self, id: str, version: int, running: Config) -> bool:
+        """The pushed file is on disk as the trial copy: apply it and watch it."""
         try:
             new = await asyncio.to_thread(load_config, self.store.trial)
         except ConfigFileError as exc:  # cannot happen: it was checked as written
