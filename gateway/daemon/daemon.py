@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.buffer.queue import Buffer
@@ -29,6 +29,9 @@ from gateway.publish.clock import WallClock
 from gateway.publish.commands import Commands
 from gateway.publish.outbox import Outbox
 from gateway.publish.publisher import Publisher
+
+if TYPE_CHECKING:
+    from gateway.fleet.manager import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class Daemon:
         # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
         self.commands = Commands(self._run_command, remember=config.commands.remember_ids)
         # Fleet configuration over MQTT (fleet.enabled): cryptography is imported only then.
-        self.fleet: Any = None
+        self.fleet: Fleet | None = None
         self.outbox = Outbox()  # fleet results and state, sent on whichever session is up
         if config.fleet.enabled:
             from gateway.fleet.manager import Fleet
@@ -193,6 +196,7 @@ class Daemon:
 
     def _start_fleet(self) -> None:
         """Run the fleet copy if it is in force (the publisher has not started: it is made anew)."""
+        assert self.fleet is not None
         chosen = self.fleet.startup(self.config)
         if chosen is not self.config:
             self.config = chosen
@@ -388,5 +392,6 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     async def _to_local(self) -> bool:
+        assert self.fleet is not None
         await self.fleet.to_local()
         return await self.reload()
