@@ -90,9 +90,20 @@ class Platform:
         self.sub.wait_for(lambda _: any(r["result"] == result for r in self.results(id)), timeout=timeout)
         return next(r for r in self.results(id) if r["result"] == result)
 
+    def states(self) -> list[dict[str, Any]]:
+        return [m.doc for m in self.sub.messages if m.topic == f"{PREFIX}/config/state"]
+
     def state(self) -> dict[str, Any]:
-        states = [m.doc for m in self.sub.messages if m.topic == f"{PREFIX}/config/state"]
+        states = self.states()
         return states[-1] if states else {}
+
+    def start(self, gw: GatewayProcess) -> dict[str, Any]:
+        """Start ``gw`` and wait until it listens: its session sends the state after subscribing to
+        config/set and config/get (a request sent before that would be lost: the session is clean)."""
+        seen = len(self.states())
+        gw.start()
+        self.sub.wait_for(lambda _: len(self.states()) > seen, timeout=20)
+        return gw.wait_status(lambda s: s["broker"]["connected"] and s["devices"]["a"]["seq"] > 0)
 
     def wait_state(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
         self.sub.wait_for(lambda _: bool(self.state()) and predicate(self.state()), timeout=timeout)
@@ -110,17 +121,13 @@ def _hup(gw: GatewayProcess) -> None:
     gw.proc.send_signal(signal.SIGHUP)
 
 
-def _ready(gw: GatewayProcess) -> dict[str, Any]:
-    return gw.wait_status(lambda s: s["broker"]["connected"] and s["devices"]["a"]["seq"] > 0)
-
-
 def test_a_push_adds_a_device_survives_a_restart_and_a_local_edit_wins(
     tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
     gateways: list[GatewayProcess],
 ) -> None:
     config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    before = _ready(gw)
+    gw = new_gateway(tmp_path, config, gateways)
+    before = platform.start(gw)
     assert before["config"]["source"] == "local" and before["config"]["fleet_version"] is None
     platform.wait_state(lambda s: s["source"] == "local" and s["hash"] == before["config_hash"])
     pushed = dict(config, devices=[_sim("a"), _sim("b")])
@@ -137,7 +144,7 @@ def test_a_push_adds_a_device_survives_a_restart_and_a_local_edit_wins(
 
     # a restart keeps the pushed config; a replay of the same push is refused, also after the restart
     assert gw.terminate() == 0
-    gw.start()
+    platform.start(gw)
     status = gw.wait_status(lambda s: s["broker"]["connected"] and "b" in s["devices"])
     assert status["config"]["source"] == "fleet" and status["config"]["fleet_version"] == 1
     assert status["config_hash"] == applied["hash"]
@@ -162,8 +169,8 @@ def test_fleet_local_returns_to_the_local_file(
     gateways: list[GatewayProcess],
 ) -> None:
     config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    before = _ready(gw)
+    gw = new_gateway(tmp_path, config, gateways)
+    before = platform.start(gw)
     pushed = dict(config, devices=[_sim("a"), _sim("b")])
     platform.request("set", platform.body(config=pushed, version=3, expect=before["config_hash"]))
     platform.wait_result("r-1", "applied", timeout=TRIAL + 10)
@@ -179,8 +186,8 @@ def test_a_push_to_a_dead_broker_rolls_back_and_no_seq_is_missing(
     gateways: list[GatewayProcess],
 ) -> None:
     config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    before = _ready(gw)
+    gw = new_gateway(tmp_path, config, gateways)
+    before = platform.start(gw)
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()))
     # a second push right behind it finds the first in its trial: refused (answered once the old broker is back)
     first = platform.envelope(platform.body(config=dead, version=1, expect=before["config_hash"]))
@@ -210,8 +217,8 @@ def test_kill_during_a_trial_starts_the_previous_config(
     gateways: list[GatewayProcess],
 ) -> None:
     config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    before = _ready(gw)
+    gw = new_gateway(tmp_path, config, gateways)
+    before = platform.start(gw)
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()), devices=[_sim("a"), _sim("b")])
     platform.request("set", platform.body(config=dead, version=1, expect=before["config_hash"]))
     platform.wait_result("r-1", "trial")
@@ -231,8 +238,8 @@ def test_a_sighup_during_a_trial_rolls_it_back_as_a_local_reload(
     gateways: list[GatewayProcess],
 ) -> None:
     config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    before = _ready(gw)
+    gw = new_gateway(tmp_path, config, gateways)
+    before = platform.start(gw)
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()))
     platform.request("set", platform.body(config=dead, version=1, expect=before["config_hash"]))
     platform.wait_result("r-1", "trial")
@@ -285,8 +292,8 @@ def test_every_refusal_leaves_the_running_config_and_no_secret_leaves_the_gatewa
     retained_id = "r-retained"
     platform.publish("set", platform.envelope(platform.body(config=config, version=60, expect="x", id=retained_id)),
                      retain=True)
-    gw = new_gateway(tmp_path, config, gateways).start()
-    hash = _ready(gw)["config_hash"]
+    gw = new_gateway(tmp_path, config, gateways)
+    hash = platform.start(gw)["config_hash"]
     assert "retained" in platform.wait_result(retained_id, "refused")["error"]
     platform.publish("set", b"", retain=True)  # clear it
 
