@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 EXIT_BAD_CONFIG = 2
 # Commands that use no driver's technician tools: for them the parser is built without importing
 # every installed driver (which ``gateway run`` would otherwise pay for at each start).
-PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version")
+PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version", "fleet")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     plain = argv is not None and _command_word(argv) in PLAIN_COMMANDS
     add_tool_commands(sub, _config_arg, {} if plain else driver_tools(), taken=PLAIN_COMMANDS)
+    from gateway.cli.fleet import add_fleet_command
+
+    add_fleet_command(sub, _config_arg, _duration)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -184,6 +187,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     mqtt = config.mqtt
     print(f"{args.config}: OK (config {config.hash})")
+    if config.fleet.enabled:
+        _fleet_note(args.config, config)
     print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")
     tls = "TLS" if mqtt.tls else "plain TCP"
     print(f"  broker   {mqtt.host}:{mqtt.port} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
@@ -194,6 +199,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         state = "" if dev.enabled else " (disabled)"
         print(f"  device   {dev.name}: {dev.driver}, {npoints} points every {dev.interval:g}s{state}")
     return 0
+
+
+def _fleet_note(path: str, config: Config) -> None:
+    """Say so when a pushed fleet config runs instead of this file (it is unchanged since the push)."""
+    from gateway.fleet.store import FleetStore
+
+    store = FleetStore(config.gateway.data_dir)
+    if store.in_force(Path(path)) is not None:
+        meta = store.copy_meta() or {}
+        print(f"  NOTE     a fleet config (version {meta.get('version')}, push {meta.get('id')}) is in force "
+              f"instead of this file; `gateway fleet local` returns to it")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -249,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"city-gateway {__version__}")
         return 0
     setup_logging(args.log_level)
-    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo, "bench": cmd_bench}
+    from gateway.cli.fleet import cmd_fleet
+
+    handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo, "bench": cmd_bench,
+                "fleet": cmd_fleet}
     handler = handlers.get(args.command) or args.tool  # tools.add_tool_commands sets args.tool
     try:
         return handler(args)

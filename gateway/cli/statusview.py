@@ -35,6 +35,11 @@ def render(status: dict[str, Any]) -> str:
     if clock and not clock.get("synced", True):
         lines.append(f"clock    NOT synchronized (check: {clock.get('check')}): readings are held back until it is")
     config = status.get("config") or {}
+    if config.get("source") == "fleet":
+        version = config.get("fleet_version")
+        lines.append(f"config   from the fleet: version {version}, hash {status.get('config_hash')}")
+    elif config.get("source"):
+        lines.append(f"config   from the local file {config.get('path')}, hash {status.get('config_hash')}")
     if config.get("fallback"):
         lines.append(f"config   FALLBACK: {config['fallback']}")
     if config.get("reload_error"):

@@ -71,6 +71,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         hash=config_hash(root, devices),
         source=source,
         commands=root.commands,
+        fleet=root.fleet,
     )
 
 
@@ -119,14 +120,14 @@ def _include(doc: Document, path: Path) -> None:
 def config_hash(root: RootSection, devices: tuple[DeviceSpec, ...]) -> str:
     """12 hex digits of sha256 over the validated content, defaults included.
 
+    Covers every section of ``root`` but ``devices`` (validated entries instead) and ``include``.
     Secret values are masked in the dump and so left out: the hash is published in the status,
     and must not let anyone test guesses of the broker password against it.
     """
-    content = {
-        "gateway": root.gateway.model_dump(mode="json"),
-        "mqtt": root.mqtt.model_dump(mode="json"),
-        "buffer": root.buffer.model_dump(mode="json"),
-        "commands": root.commands.model_dump(mode="json"),
+    # Every section (fleet, and any added later) counts; the device entries as validated below, and
+    # include: not at all (what it merged in counts as devices).
+    content = root.model_dump(mode="json", exclude={"devices", "include"})
+    content |= {
         "devices": [
             {
                 "name": d.name,

@@ -125,6 +125,33 @@ class CommandsSection(_Strict):
     remember_ids: int = Field(default=1000, ge=1, le=10_000)
 
 
+class FleetSection(_Strict):
+    """Fleet configuration over MQTT (see gateway/fleet/): signed pushes, tried and rolled back. Off unless enabled."""
+
+    enabled: bool = False
+    # the platform's Ed25519 public keys (PEM); a push must be signed by one of them
+    trust: list[Path] = Field(default_factory=lambda: [Path("/etc/gateway/fleet.pub")])
+    trial: Duration = 120.0  # how long a pushed config has to prove itself (at least 5 s)
+
+    @field_validator("trial")
+    @classmethod
+    def _trial_long_enough(cls, value: float) -> float:
+        if value < 5.0:
+            raise ValueError("trial must be at least 5s")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_readable(self) -> FleetSection:
+        if self.enabled:
+            if not self.trust:
+                raise ValueError("fleet.enabled needs at least one public key in trust")
+            for path in self.trust:
+                if not os.access(path, os.R_OK):
+                    why = "" if path.exists() else ": no such file"
+                    raise ValueError(f"cannot read the trusted key {path}{why}")
+        return self
+
+
 class DeviceSection(_Strict):
     """The keys of a device entry the core owns; the rest is validated by the driver's Config."""
 
@@ -162,6 +189,7 @@ class RootSection(_Strict):
     mqtt: MqttSection
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
+    fleet: FleetSection = FleetSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
     # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
     # to this file's folder. Checked and merged by the loader.
@@ -183,3 +211,4 @@ class Config:
     # Set when this is the last good config, run because the config file was invalid: the reason.
     fallback: str | None = None
     commands: CommandsSection = field(default_factory=CommandsSection)
+    fleet: FleetSection = field(default_factory=FleetSection)

@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.buffer.queue import Buffer
@@ -27,7 +27,11 @@ from gateway.driver import load_driver
 from gateway.poll.scheduler import DeviceTask, Scheduler
 from gateway.publish.clock import WallClock
 from gateway.publish.commands import Commands
+from gateway.publish.outbox import Outbox
 from gateway.publish.publisher import Publisher
+
+if TYPE_CHECKING:
+    from gateway.fleet.manager import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,13 @@ class Daemon:
         )
         # Remote commands (commands.enabled): written the way `gateway write` is through the control socket.
         self.commands = Commands(self._run_command, remember=config.commands.remember_ids)
+        # Fleet configuration over MQTT (fleet.enabled): cryptography is imported only then.
+        self.fleet: Fleet | None = None
+        self.outbox = Outbox()  # fleet results and state, sent on whichever session is up
+        if config.fleet.enabled:
+            from gateway.fleet.manager import Fleet
+
+            self.fleet = Fleet(self, self.data_dir, config.path)
         self.buffer.on_state_change = self._status_changed  # degraded / ok reaches the status at once
         self.publisher = self._new_publisher(config)
         self._publisher_task: asyncio.Task[None] | None = None
@@ -86,6 +97,8 @@ class Daemon:
     async def run(self) -> int:
         """Start everything, run until SIGTERM/SIGINT, stop in order. Returns the exit status."""
         self._prepare_data_dir()
+        if self.fleet is not None:  # the data directory is ours now: a trial cut short is rolled back
+            self._start_fleet()
         await self.buffer.open()
         await self.clock.start()  # which NTP client runs, known before the first reading is stamped
         publisher_task = self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
@@ -176,8 +189,22 @@ class Daemon:
         self.publisher.status_changed()
 
     def _new_publisher(self, config: Config) -> Publisher:
+        fleet = self.fleet.handle if self.fleet is not None else None
         return Publisher(config.mqtt, gateway_id=config.gateway.id, buffer=self.buffer, status=self.status,
-                         on_command=self.commands.handle if config.commands.enabled else None, clock=self.clock)
+                         on_command=self.commands.handle if config.commands.enabled else None, clock=self.clock,
+                         on_fleet=fleet, outbox=self.outbox if fleet else None)
+
+    def _start_fleet(self) -> None:
+        """Run the fleet copy if it is in force (the publisher has not started: it is made anew)."""
+        assert self.fleet is not None
+        chosen = self.fleet.startup(self.config)
+        if chosen is not self.config:
+            self.config = chosen
+            self.commands.remember = chosen.commands.remember_ids
+            self.publisher = self._new_publisher(chosen)
+        log.info("fleet configuration enabled: requests on %s, config from %s",
+                 " and ".join(self.publisher.fleet_topics), self.fleet.source)
+        self.fleet.publish_state()
 
     async def _run_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """A remote command's write: the same path as `gateway write` through the control socket."""
@@ -200,6 +227,8 @@ class Daemon:
             if self.publisher.connected:
                 break
             await asyncio.sleep(1.0)
+        if self.fleet is not None and self.fleet.trial is not None:
+            return  # a pushed config under trial is kept only once applied (by the fleet)
         try:
             if await asyncio.to_thread(lastgood.save, self.data_dir, self.config.source):
                 log.info("config %s kept as the last one that ran well", self.config.hash)
@@ -219,7 +248,8 @@ class Daemon:
 
         Runs only through ``self.reloads`` (``request_reload``), never beside another change.
         """
-        path = self.config.path
+        # With fleet: a SIGHUP ends a trial (rolled back), and the fleet copy runs while the local file is unchanged.
+        path = self.config.path if self.fleet is None else await self.fleet.before_reload()
         try:
             new = await asyncio.to_thread(load_config, path)
         except ConfigFileError as exc:
@@ -262,6 +292,8 @@ class Daemon:
             await self._renew_publisher(publisher)
         log.info("config reloaded (%s): %s", new.hash, change.summary())
         self._status_changed()
+        if self.fleet is not None:
+            self.fleet.publish_state()
         self._spawn(self._keep_as_last_good, "last-good")
         return True
 
@@ -307,6 +339,8 @@ class Daemon:
                 "fallback": self.config.fallback,
                 "reload_error": self.reload_error,
                 "restart_pending": self.restart_pending,
+                "source": self.fleet.source if self.fleet is not None else "local",
+                "fleet_version": self.fleet.version if self.fleet is not None else None,
             },
             "buffer": {
                 "state": stats.state,
@@ -350,4 +384,14 @@ class Daemon:
             from gateway.daemon.tools import run_tool_command
 
             return await run_tool_command(self.scheduler.tasks, request)
+        if cmd == "fleet-local":  # `gateway fleet local`
+            if self.fleet is None:
+                return {"ok": False, "error": "fleet is not enabled in this gateway's config"}
+            applied = await self.reloads.submit(self._to_local)
+            return {"ok": applied, "error": None if applied else self.reload_error, "hash": self.config.hash}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def _to_local(self) -> bool:
+        assert self.fleet is not None
+        await self.fleet.to_local()
+        return await self.reload()

@@ -30,6 +30,8 @@ import aiomqtt
 from gateway.config.settings import MqttSection
 from gateway.model import StoredBatch
 from gateway.publish.clock import WallClock
+from gateway.publish.fleetlink import FleetHandler
+from gateway.publish.fleetlink import topics as fleet_topics
 from gateway.publish.mqttlink import (
     GatewayClient,
     LinkDead,
@@ -41,6 +43,7 @@ from gateway.publish.mqttlink import (
     login_refused,
     socket_options,
 )
+from gateway.publish.outbox import Outbox
 from gateway.publish.payloads import Payloads, json_payload
 from gateway.publish.session import CommandHandler, Session, Signals
 from gateway.publish.tls import tls_context
@@ -76,7 +79,8 @@ class Publisher:
     def __init__(self, mqtt: MqttSection, *, gateway_id: str, buffer: BufferLike,
                  status: Callable[[], dict[str, Any]], backoff_initial: float = 1.0,
                  backoff_max: float = 60.0, status_period: float = 60.0,
-                 on_command: CommandHandler | None = None, clock: WallClock | None = None) -> None:
+                 on_command: CommandHandler | None = None, clock: WallClock | None = None,
+                 on_fleet: FleetHandler | None = None, outbox: Outbox | None = None) -> None:
         self.mqtt = mqtt
         self.clock = clock or WallClock("off")
         self.gateway_id = gateway_id
@@ -90,6 +94,10 @@ class Publisher:
         # Remote commands (off when None): subscribed to after connecting, results to .../cmd/result
         self.on_command = on_command
         self.command_topic = f"{mqtt.topic_prefix}/{gateway_id}/+/cmd"
+        # Fleet requests (off when None): config/set and config/get; the outbox's messages go out on every session
+        self.on_fleet, self.outbox = on_fleet, outbox
+        self.fleet_topics = fleet_topics(mqtt.topic_prefix, gateway_id)
+        self.status_acks = 0  # status messages the broker took (a fleet trial waits for one)
         self._session: Session | None = None  # the current or last connection
         self.messages_sent = self.readings_sent = self.connects = 0
         self.last_error: str | None = None
@@ -209,6 +217,7 @@ class Publisher:
             after = f" (after {self._failures} failed attempts)" if self._failures else ""
             log.info("broker connected %s:%d%s", self.mqtt.host, self.mqtt.port, after)
         self._reported_up = True
+        self.status_acks += 1
         self._good_since = asyncio.get_running_loop().time()
 
     def _note_failure(self, exc: BaseException) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from gateway.model import StoredBatch
+from gateway.publish import fleetlink
 from gateway.publish.mqttlink import LinkDead, PahoLog
 from gateway.publish.payloads import json_payload
 from gateway.timers import SharedTimeout
@@ -94,8 +95,12 @@ class Session:
             self.on_up()
             if pub.on_command is not None:
                 await self._subscribe_commands()
+            if pub.on_fleet is not None:
+                await fleetlink.subscribe(self)
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
                      self.tg.create_task(self._drain(), name="mqtt-drain")]
+            if pub.outbox is not None:  # fleet results and state
+                loops.append(self.tg.create_task(fleetlink.send_outbox(self), name="mqtt-outbox"))
             await self.signals.stop.wait()
             for task in loops:
                 task.cancel()
@@ -137,6 +142,8 @@ class Session:
     def _command(self, message: aiomqtt.Message) -> None:
         """Answer a remote command in a task of its own: the link watch and the drain never wait for it."""
         pub = self.pub
+        if fleetlink.take(self, message):
+            return
         if pub.on_command is None or not message.topic.matches(pub.command_topic):
             return
         topic = message.topic.value
@@ -182,6 +189,7 @@ class Session:
                 await asyncio.wait_for(self.signals.status_due.wait(), pub.status_period)
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
+            pub.status_acks += 1
             await asyncio.sleep(STATUS_MIN_GAP)
 
     async def _drain(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.support import REPO
 
 GATEWAY = REPO / "gateway"
-STAGES = ("config", "poll", "buffer", "publish", "wire", "daemon", "cli", "bench")
+STAGES = ("config", "poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet")
 SHARED = "shared"  # gateway's own top-level modules: model, driver, fields, timers, atomic, control
 LONG_MODULE = 400  # lines; a longer module says in its docstring why it is one module
 WHY_ONE_MODULE = "One module:"
@@ -73,11 +73,13 @@ def test_the_core_never_imports_a_driver() -> None:
 
 
 @pytest.mark.parametrize(("stage", "forbidden"), [
-    ("poll", {"buffer", "publish", "daemon", "cli", "bench"}),
-    ("buffer", {"poll", "publish", "daemon", "cli", "bench"}),
-    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench"}),
-    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench"}),
-    ("publish", {"poll", "daemon", "cli", "bench"}),
+    ("poll", {"buffer", "publish", "daemon", "cli", "bench", "fleet"}),
+    ("buffer", {"poll", "publish", "daemon", "cli", "bench", "fleet"}),
+    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench", "fleet"}),
+    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet"}),
+    ("publish", {"poll", "daemon", "cli", "bench", "fleet"}),
+    # the fleet judges requests and keeps its files: it needs the config and the shared modules only
+    ("fleet", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench"}),
     (SHARED, {*STAGES}),
 ])
 def test_data_flows_one_way(stage: str, forbidden: set[str]) -> None:
@@ -89,6 +91,11 @@ def test_only_the_cli_imports_the_daemon_or_the_bench_and_nothing_imports_the_cl
     wrong = [(a, b) for a, b, u in edges()
              if (u in ("daemon", "bench") and unit(a) not in (u, "cli")) or (u == "cli" and unit(a) != "cli")]
     assert wrong == []
+
+
+def test_only_the_daemon_and_the_cli_import_the_fleet() -> None:
+    """The fleet (and with it cryptography) is the daemon's, when fleet.enabled, and the CLI's tools."""
+    assert [(a, b) for a, b, u in edges() if u == "fleet" and unit(a) not in ("fleet", "daemon", "cli")] == []
 
 
 def test_no_import_cycle_between_packages() -> None:
