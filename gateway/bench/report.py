@@ -163,9 +163,22 @@ def _startup_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _failover_rows(r: dict[str, Any]) -> list[Row]:
+    if "death_to_first_puback_s" not in r:
+        return []
+    return [
+        ("brokers", r["brokers"], f"the gateway on {r['killed']}, killed (SIGKILL) after the warm-up"),
+        ("node death to PUBACK", f"{_f(r['death_to_first_puback_s'], 2)} s",
+         f"to the first PUBACK on {r['moved_to']} (keepalive {r['keepalive_s']:g} s)"),
+        ("readings resent", f"{_num(r['readings_resent'])}",
+         "arrived twice: sent to the dead node, no PUBACK, sent again on the new one"),
+        ("peak RSS", f"{_mb(r.get('peak_rss_bytes'))} MiB", "whole run"),
+    ]
+
+
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
-    "startup": _startup_rows,
+    "startup": _startup_rows, "failover": _failover_rows,
 }
 
 
