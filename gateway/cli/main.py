@@ -187,7 +187,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK (config {config.hash})")
     print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")
     tls = "TLS" if mqtt.tls else "plain TCP"
-    print(f"  broker   {mqtt.host}:{mqtt.port} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
+    nodes = ", ".join(str(node) for node in mqtt.nodes)
+    if len(mqtt.nodes) > 1:
+        nodes += f" (failover {mqtt.failover.order})"
+    print(f"  broker   {nodes} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
           f"{mqtt.encoding}")
     print(f"  buffer   up to {config.buffer.max_mb:g} MB, committed every {config.buffer.commit_interval:g}s")
     for dev in config.devices:
