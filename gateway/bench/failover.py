@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from gateway.bench.steps import Run
 
 FAILOVER_INTERVAL = 0.1  # s: the devices' poll interval, unless --interval is slower
-KEEPALIVE = 5  # s: the gateway's keepalive in this scenario
+KEEPALIVE = 10  # s: the gateway's keepalive in this scenario (a kill is noticed at once regardless)
+PUBLISH_TIMEOUT = 3  # s: the gateway's publish (and CONNACK, SUBACK) timeout in this scenario
 AFTER_MOVE = 5.0  # s: how long the run goes on after the first PUBACK on the new node (at most --duration)
 MOVE_WAIT = 60.0  # s: the longest the bench waits for the move
 
@@ -110,7 +111,7 @@ def run_failover(bench: Bench) -> dict[str, Any]:
     opts = bench.opts
     with cluster(bench) as nodes:
         group = bench.group("dev", opts.devices, max(opts.interval, FAILOVER_INTERVAL))
-        mqtt = {"servers": nodes.servers, "keepalive": KEEPALIVE,
+        mqtt = {"servers": nodes.servers, "keepalive": KEEPALIVE, "publish_timeout": PUBLISH_TIMEOUT,
                 "failover": {"order": "ordered", "fail_back_after": 0}}
         # The gateway goes to the first node (order: ordered); the subscriber avoids it.
         with bench.open_run("failover", [group], opts.encoding, mqtt=mqtt,
@@ -130,7 +131,7 @@ def run_failover(bench: Bench) -> dict[str, Any]:
                 brokers=f"{len(nodes.servers)} {'nats-server nodes' if nodes.kind == 'nats' else 'Mosquittos'}",
                 killed=dead, moved_to=now_on, failovers=failovers,
                 death_to_first_puback_s=moved - killed,
-                keepalive_s=KEEPALIVE,
+                keepalive_s=KEEPALIVE, publish_timeout_s=PUBLISH_TIMEOUT,
                 readings_resent=run.result.get("duplicates", 0),
             )
     return run.result

@@ -169,7 +169,8 @@ def _failover_rows(r: dict[str, Any]) -> list[Row]:
     return [
         ("brokers", r["brokers"], f"the gateway on {r['killed']}, killed (SIGKILL) after the warm-up"),
         ("node death to PUBACK", f"{_f(r['death_to_first_puback_s'], 2)} s",
-         f"to the first PUBACK on {r['moved_to']} (keepalive {r['keepalive_s']:g} s)"),
+         f"to the first PUBACK on {r['moved_to']} (keepalive {r['keepalive_s']:g} s,"
+         f" publish timeout {r['publish_timeout_s']:g} s)"),
         ("readings resent", f"{_num(r['readings_resent'])}",
          "arrived twice: sent to the dead node, no PUBACK, sent again on the new one"),
         ("peak RSS", f"{_mb(r.get('peak_rss_bytes'))} MiB", "whole run"),

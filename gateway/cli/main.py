@@ -115,7 +115,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bench.add_argument("--drain-readings", type=_positive, default=300_000,
                        help="backlog the drain scenario builds with the broker away (default 300000)")
     bench.add_argument("--broker", metavar="HOST:PORT", default=None,
-                       help="use this broker instead of a private Mosquitto (the drain and failover scenarios are skipped)")
+                       help="use this broker instead of a private Mosquitto "
+                            "(the drain and failover scenarios are skipped)")
     bench.add_argument("--data-dir", default=None,
                        help="where the temporary data directories go (default: the system temp dir)")
     bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
