@@ -167,7 +167,7 @@ def _failover_rows(r: dict[str, Any]) -> list[Row]:
     if "death_to_first_puback_s" not in r:
         return []
     return [
-        ("brokers", r["brokers"], f"the gateway on {r['killed']}, killed (SIGKILL) after the warm-up"),
+        ("brokers", r["brokers"], f"the gateway's node {r['killed']} {r['how']} after the warm-up"),
         ("node death to PUBACK", f"{_f(r['death_to_first_puback_s'], 2)} s",
          f"to the first PUBACK on {r['moved_to']} (keepalive {r['keepalive_s']:g} s,"
          f" publish timeout {r['publish_timeout_s']:g} s)"),
