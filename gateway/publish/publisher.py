@@ -197,7 +197,9 @@ class Publisher:
 
     def _node_failed(self, node: ServerAddress, exc: Exception) -> None:
         """The attempt on ``node`` failed, or its session was lost: on to the next node, at once."""
-        reason = self.last_error = describe(exc)
+        reason = describe(exc)
+        if self.last_error is None:  # the first news; a round that fails says it all (_note_failure)
+            self.last_error = reason
         if self._good_since is not None:  # a session was up on it
             if asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
                 self._failures, self._logged_reason = 0, None
