@@ -22,7 +22,7 @@ import paho.mqtt.publish as paho_publish
 import pytest
 
 from gateway.buffer.queue import Buffer
-from gateway.config.settings import MqttSection
+from gateway.config.settings import MqttSection, TlsSection
 from gateway.model import Batch, PointSet
 from gateway.publish import servers
 from gateway.publish.publisher import Publisher
@@ -36,8 +36,10 @@ from tests.support.broker import (
     seqs_by_device,
     status_docs,
 )
-from tests.support.faults import AuthMosquitto, sim_device
+from tests.support.certs import make_pki, tls_listener
+from tests.support.faults import AuthMosquitto, MqttBlackhole, sim_device
 from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
+from tests.support.needs import require_tool
 from tests.support.ports import free_port
 from tests.support.wait import wait_until, wait_until_async
 
@@ -193,6 +195,42 @@ async def test_a_name_that_does_not_resolve_is_a_failed_node(
                                             publish_timeout=3), buffer)
     await wait_until_async(lambda: pub.connected, 10, "connected to the second node")
     assert pub.server == f"b1.test:{b1.port}"
+
+
+async def test_no_connack_moves_to_the_next_node_within_the_connect_timeout(
+    pair: tuple[Mosquitto, ...], buffer: Buffer, start_publisher: StartPublisher,
+) -> None:
+    b1, _ = pair
+    with MqttBlackhole() as hole:
+        started = time.monotonic()
+        pub = await start_publisher(MqttSection(servers=[f"127.0.0.1:{hole.port}", node(b1)], keepalive=10,
+                                                publish_timeout=1), buffer)
+        await wait_until_async(lambda: pub.connected, 1 + 5, "connected to the second node")
+        assert pub.server == node(b1) and hole.accepted == 1 and time.monotonic() - started >= 1
+
+
+async def test_tls_verifies_each_node_against_its_own_name_not_the_address_dialled(
+    tmp_path: Path, buffer: Buffer, start_publisher: StartPublisher, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both names resolve to 127.0.0.1, where the certificate is for 127.0.0.1 and localhost: the
+    node called broker.test is refused (its name is not in the certificate), localhost is taken."""
+    require_tool("openssl", "openssl")
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    broker = Mosquitto(tmp_path / "tls-broker", extra_config=tls_listener(port, pki.ca.cert, pki.server))
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(servers, "resolve", fake_resolve)
+    with running(broker):
+        wait_until(lambda: f"Opening ipv4 listen socket on port {port}" in broker.log(), 10, "the TLS listener")
+        mqtt = MqttSection(servers=[f"broker.test:{port}", f"localhost:{port}"], tls=TlsSection(ca_file=pki.ca.cert),
+                           keepalive=10, publish_timeout=3)
+        pub = await start_publisher(mqtt, buffer)
+        await wait_until_async(lambda: pub.connected, 10, "connected to the second node")
+        assert pub.server == f"localhost:{port}"
+        assert "broker.test" in (pub.last_error or "") and "certificate" in (pub.last_error or ""), pub.last_error
 
 
 # -- credentials -----------------------------------------------------------------------------------------
