@@ -38,7 +38,7 @@ from tests.support.broker import (
 )
 from tests.support.certs import make_pki, tls_listener
 from tests.support.faults import AuthMosquitto, MqttBlackhole, sim_device
-from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
+from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway, run_cli
 from tests.support.needs import require_tool
 from tests.support.ports import free_port
 from tests.support.wait import wait_until, wait_until_async
@@ -121,6 +121,8 @@ def test_ordered_takes_the_primary_and_the_status_names_the_node(
     assert status["broker"]["servers"] == [node(b1), node(b2)] and status["broker"]["failovers"] == 0
     assert "as city-gateway-gw-test" in b1.log() and "as city-gateway-gw-test" not in b2.log()
     assert retained(b1.host, b1.port, STATUS)["broker"]["server"] == node(b1)
+    shown = run_cli("status", "--data-dir", str(gw.data_dir))
+    assert f"broker   connected to {node(b1)} (nodes: {node(b1)}, {node(b2)}; 0 failovers)" in shown.stdout, shown
 
 
 async def test_random_order_spreads_gateways_and_keeps_each_ones_order(
