@@ -211,6 +211,24 @@ async def test_no_connack_moves_to_the_next_node_within_the_connect_timeout(
         assert pub.server == node(b1) and hole.accepted == 1 and time.monotonic() - started >= 1
 
 
+async def test_a_publish_timeout_moves_to_the_next_node_and_resends_what_was_not_acked(
+    pair: tuple[Mosquitto, ...], buffer: Buffer, start_publisher: StartPublisher,
+) -> None:
+    b1, b2 = pair
+    with Subscriber(b2.host, b2.port, "city/gw-test/+/telemetry") as sub:
+        pub = await start_publisher(MqttSection(servers=[node(b1), node(b2)], keepalive=30, publish_timeout=1),
+                                    buffer)
+        await wait_until_async(lambda: pub.server == node(b1), 10, "on the primary")
+        b1.pause()
+        try:
+            buffer.put(Batch("dev", 1000, POINTS, [1, 2]))
+            await wait_until_async(lambda: pub.server == node(b2), 1 + 5, "on the second node")
+        finally:
+            b1.resume()
+        await sub.wait_for_async(lambda ms: seqs_by_device(ms).get("dev") == [1, 2])
+    assert "no PUBACK within 1 s" in (pub.last_error or ""), pub.last_error
+
+
 async def test_tls_verifies_each_node_against_its_own_name_not_the_address_dialled(
     tmp_path: Path, buffer: Buffer, start_publisher: StartPublisher, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
