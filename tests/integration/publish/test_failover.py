@@ -181,6 +181,28 @@ async def test_every_address_of_a_name_is_tried_and_asked_again_at_each_attempt(
         broker.stop()
 
 
+async def test_a_long_outage_of_every_node_is_one_log_line_not_one_per_attempt(
+    buffer: Buffer, start_publisher: StartPublisher, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    asked: list[str] = []
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]  # where nothing listens on these ports
+
+    monkeypatch.setattr(servers, "resolve", fake_resolve)
+    pub = await start_publisher(MqttSection(servers=[f"a.test:{free_port()}", f"b.test:{free_port()}"],
+                                            keepalive=10, publish_timeout=1), buffer,
+                                backoff_initial=0.01, backoff_max=0.02)
+    await wait_until_async(lambda: len(asked) >= 30, 10, "fifteen rounds")
+    assert asked[:4] == ["a.test", "b.test", "a.test", "b.test"]  # each round from the primary
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.publish.publisher")]
+    assert len(lines) == 1 and "unreachable" in lines[0] and "a.test" in lines[0] and "b.test" in lines[0], lines
+    assert not pub.connected and "Connection refused" in (pub.last_error or ""), pub.last_error
+
+
 async def test_a_name_that_does_not_resolve_is_a_failed_node(
     pair: tuple[Mosquitto, ...], buffer: Buffer, start_publisher: StartPublisher,
     monkeypatch: pytest.MonkeyPatch,
