@@ -65,7 +65,6 @@ class GatewayClient(aiomqtt.Client):
 
             paho.loop_write = corked_write  # type: ignore[method-assign]
 
-
     def _connect_to(self, address: str) -> None:
         """Open the TCP connection to ``address`` (one address of the node), not to whatever the node's
         name resolves to now: paho keeps the name, so TLS still verifies the certificate against it

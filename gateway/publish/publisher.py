@@ -186,9 +186,7 @@ class Publisher:
             if self._signals.stop.is_set():
                 return True
             self._left = (node, "left for the primary (fail-back)")  # the session handed over
-            if self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
-                self._failures, self._logged_reason = 0, None
-            self._good_since = None
+            self._session_over()
             rotation.restart()
         reason = rotation.summary()
         self._note_failure(None, reason, refused=rotation.all_refused())
@@ -197,14 +195,23 @@ class Publisher:
 
     def _node_failed(self, node: ServerAddress, exc: Exception) -> None:
         """The attempt on ``node`` failed, or its session was lost: on to the next node, at once."""
-        reason = self.last_error = describe(exc)
+        reason = describe(exc)
+        if self.last_error is None:  # the first news; a round that fails says it all (_note_failure)
+            self.last_error = reason
         if self._good_since is not None:  # a session was up on it
-            if asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
-                self._failures, self._logged_reason = 0, None
-                self._rotation.restart(at=node)  # it served well: the other nodes get a fresh round
             self._left = (node, f"unreachable ({reason})")
-        self._good_since = None
+        if self._session_over():
+            self._rotation.restart(at=node)  # it served well: the other nodes get a fresh round
         self._rotation.failed(node, reason, refused=any(login_refused(e) for e in leaves(exc)))
+
+    def _session_over(self) -> bool:
+        """The session ended (or none came up); True if it had lasted STABLE_AFTER, which resets the
+        failure count (and so the backoff)."""
+        stable = self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER
+        if stable:
+            self._failures, self._logged_reason = 0, None
+        self._good_since = None
+        return stable
 
     async def _serve_node(self, node: ServerAddress) -> None:
         """Connect to ``node`` (each of its addresses, resolved now, until one answers) and serve;
@@ -322,9 +329,7 @@ class Publisher:
         a broker that accepts and drops us at once is retried ever more slowly, not in a loop.
         """
         self.last_error = reason
-        if self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
-            self._failures, self._logged_reason = 0, None
-        self._good_since = None
+        self._session_over()
         self._failures += 1
         if reason == self._logged_reason and not self._reported_up:  # after "connected", a loss is news
             if self._failures % LOG_EVERY == 0:

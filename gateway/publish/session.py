@@ -94,7 +94,8 @@ class Session:
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
-            await self._subscribe(pub.status_topic, "our own status (an old node's will is answered)")
+            await self._subscribe(pub.status_topic, "watch of our own status (a late will is not answered)",
+                                  level=logging.WARNING)
             if pub.on_command is not None:
                 self.commands_on = await self._subscribe(pub.command_topic, "remote commands")
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
@@ -136,8 +137,8 @@ class Session:
                 raise LinkDead(f"connection lost: {rc}") from exc
             raise LinkDead("connection closed by the broker or the network") from exc
 
-    async def _subscribe(self, topic: str, what: str) -> bool:
-        """Subscribe (QoS 1) to ``topic``; False when the broker refused (its ACL), logged."""
+    async def _subscribe(self, topic: str, what: str, *, level: int = logging.ERROR) -> bool:
+        """Subscribe (QoS 1) to ``topic``; False when the broker refused (its ACL), logged at ``level``."""
         pub = self.pub
         try:
             async with asyncio.timeout(pub.mqtt.publish_timeout):
@@ -146,7 +147,8 @@ class Session:
             raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
         code = granted[0] if granted else 128
         if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
-            log.error("the broker refused the subscription to %s (its ACL?): no %s on this connection", topic, what)
+            log.log(level, "the broker refused the subscription to %s (its ACL?): no %s on this connection",
+                    topic, what)
             return False
         log.debug("subscribed to %s on %s", what, topic)
         return True
