@@ -8,9 +8,9 @@ JetStream (it keeps sessions and retained messages in streams) and a ``server_na
 
 ``start()`` returns once every node has all its routes up, the JetStream meta group has a leader,
 and every node answers an MQTT CONNECT with CONNACK 0 (the first CONNECT creates the MQTT streams,
-which a cluster does in a few seconds). ``kill(i)`` is ``kill -9`` of one node; ``start_node(i)``
-brings it back on the same ports with the same store. What a dead node takes with it is written
-down in the README, "Running against a broker cluster".
+which a cluster does in a few seconds). ``kill(i)`` is ``kill -9`` of one node, ``stop_node(i)``
+its clean stop (SIGTERM); ``start_node(i)`` brings it back on the same ports with the same store.
+What a dead node takes with it is written down in the README, "Running against a broker cluster".
 """
 
 from __future__ import annotations
@@ -153,6 +153,19 @@ class NatsCluster:
         if node.proc is not None:
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait()
+            node.proc = None
+        return node
+
+    def stop_node(self, index: int, timeout: float = 30.0) -> NatsNode:
+        """Stop node ``index`` as for maintenance: SIGTERM (NATS's clean shutdown), wait for its exit."""
+        node = self.nodes[index]
+        if node.proc is not None:
+            node.proc.terminate()
+            try:
+                node.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
             node.proc = None
         return node
 
