@@ -159,31 +159,20 @@ class NatsCluster:
     def stop_node(self, index: int, timeout: float = 30.0) -> NatsNode:
         """Stop node ``index`` as for maintenance: SIGTERM (NATS's clean shutdown), wait for its exit."""
         node = self.nodes[index]
-        if node.proc is not None:
+        if node.running:
+            assert node.proc is not None
             node.proc.terminate()
-            try:
-                node.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait()
-            node.proc = None
+        _reap(node, timeout)
         return node
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every node (SIGTERM, then SIGKILL after ``timeout``)."""
+        """Stop every node (SIGTERM to all, then each reaped; SIGKILL after ``timeout``)."""
         for node in self.nodes:
             if node.running:
                 assert node.proc is not None
                 node.proc.terminate()
         for node in self.nodes:
-            if node.proc is None:
-                continue
-            try:
-                node.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait()
-            node.proc = None
+            _reap(node, timeout)
 
     # -- readiness ----------------------------------------------------------------------------------
 
@@ -216,6 +205,18 @@ class NatsCluster:
 
     def _mqtt_accepts(self, running: list[NatsNode]) -> bool:
         return all(mqtt_connack(LOOPBACK, node.mqtt_port) == 0 for node in running)
+
+
+def _reap(node: NatsNode, timeout: float) -> None:
+    """Wait for the node's process to exit (SIGKILL after ``timeout``) and forget it."""
+    if node.proc is None:
+        return
+    try:
+        node.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        node.proc.kill()
+        node.proc.wait()
+    node.proc = None
 
 
 def mqtt_connack(host: str, port: int, timeout: float = 5.0) -> int | None:
