@@ -94,8 +94,9 @@ class Session:
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
-            await self._subscribe(pub.status_topic, "watch of our own status (a late will is not answered)",
-                                  level=logging.WARNING)
+            # Not awaited: the drain need not wait for this SUBACK (a lost one still ends the session).
+            status_watch = self.tg.create_task(self._subscribe(
+                pub.status_topic, "watch of our own status (a late will is not answered)", level=logging.WARNING))
             if pub.on_command is not None:
                 self.commands_on = await self._subscribe(pub.command_topic, "remote commands")
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
@@ -109,7 +110,7 @@ class Session:
                                     timeout=timeout)
             elif self.sends:  # a move: nothing new is sent; the PUBACKs of what is out, up to publish_timeout
                 await asyncio.wait(set(self.sends), timeout=pub.mqtt.publish_timeout)
-            for task in (*self.sends, *self.commands, watcher):  # PUBACKs come in order: the sends are done
+            for task in (*self.sends, *self.commands, watcher, status_watch):  # PUBACKs come in order: sends done
                 task.cancel()
 
     async def _stop_or_move(self) -> None:
