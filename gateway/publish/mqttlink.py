@@ -102,6 +102,15 @@ class PahoLog(logging.Logger):
         super().log(level, msg, *args, **kwargs)
 
 
+def pingresp_overdue(client: aiomqtt.Client, limit: float) -> float | None:
+    """Seconds our PINGREQ has waited for its PINGRESP when that is ``limit`` or more, else None
+    (paho 2 internals). paho alone gives up a keepalive after a second keepalive, up to twice
+    ``keepalive`` after the broker's last word: too late for a failover within 1.5 keepalives."""
+    sent = getattr(client._client, "_ping_t", 0.0)
+    waited = mqtt.time_func() - sent if sent else 0.0
+    return waited if sent and waited >= limit else None
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed session: a LinkDead if there is one, else the first leaf."""
     if isinstance(exc, aiomqtt.MqttError) and isinstance(exc.__context__, BaseExceptionGroup | LinkDead):

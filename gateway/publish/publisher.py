@@ -111,7 +111,7 @@ class Publisher:
         self.servers = [str(node) for node in mqtt.nodes]  # as configured, for the status
         self._rotation = servers.Rotation(servers.node_order(mqtt.nodes, mqtt.failover.order, gateway_id))
         self._node: ServerAddress | None = None  # the node of the current (or last) attempt
-        self._last_node: ServerAddress | None = None  # the node of the last session that came up
+        self._last_node: ServerAddress | None = None  # the node of the last session (CONNACK)
         self._left: tuple[ServerAddress, str] | None = None  # the node a session was lost on, and why
         self.failovers = 0  # moves to another node since start
         self.payloads = Payloads(mqtt, gateway_id, buffer)  # messages from batches: size, poison
@@ -256,6 +256,9 @@ class Publisher:
             async with client:
                 entered = self._connected = True
                 self.connects += 1
+                if self._last_node is not None and node != self._last_node:
+                    self.failovers += 1  # counted with the CONNACK, as broker.server changes
+                self._last_node = node
                 try:
                     self._signals.move.clear()
                     if node != self._rotation.primary and self.mqtt.failover.fail_back_after > 0:
@@ -316,9 +319,7 @@ class Publisher:
         elif self._reported_up is not True:
             after = f" (after {self._failures} failed attempts)" if self._failures else ""
             log.info("broker connected %s%s", node, after)
-        if self._last_node is not None and node != self._last_node:
-            self.failovers += 1
-        self._last_node, self._left = node, None
+        self._left = None
         self._reported_up = True
         self._good_since = asyncio.get_running_loop().time()
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from gateway.model import StoredBatch
-from gateway.publish.mqttlink import LinkDead, PahoLog
+from gateway.publish.mqttlink import LinkDead, PahoLog, pingresp_overdue
 from gateway.publish.payloads import json_payload
-from gateway.timers import SharedTimeout
+from gateway.timers import SharedTimeout, sleep_until
 from gateway.wire.encoding import messages_of
 
 if TYPE_CHECKING:
@@ -91,11 +91,13 @@ class Session:
         pub = self.pub
         async with self.tg:
             watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
+            pings = self.tg.create_task(self._watch_pings(), name="mqtt-ping-watch")
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
-            await self._subscribe(pub.status_topic, "watch of our own status (a late will is not answered)",
-                                  level=logging.WARNING)
+            # Not awaited: the drain need not wait for this SUBACK (a lost one still ends the session).
+            status_watch = self.tg.create_task(self._subscribe(
+                pub.status_topic, "watch of our own status (a late will is not answered)", level=logging.WARNING))
             if pub.on_command is not None:
                 self.commands_on = await self._subscribe(pub.command_topic, "remote commands")
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
@@ -109,7 +111,7 @@ class Session:
                                     timeout=timeout)
             elif self.sends:  # a move: nothing new is sent; the PUBACKs of what is out, up to publish_timeout
                 await asyncio.wait(set(self.sends), timeout=pub.mqtt.publish_timeout)
-            for task in (*self.sends, *self.commands, watcher):  # PUBACKs come in order: the sends are done
+            for task in (*self.sends, *self.commands, watcher, pings, status_watch):  # PUBACKs in order: sends done
                 task.cancel()
 
     async def _stop_or_move(self) -> None:
@@ -136,6 +138,17 @@ class Session:
             if getattr(rc, "value", 128) != 128:  # 128 is "Unspecified error": says nothing
                 raise LinkDead(f"connection lost: {rc}") from exc
             raise LinkDead("connection closed by the broker or the network") from exc
+
+    async def _watch_pings(self) -> None:
+        """LinkDead when a PINGRESP is half a keepalive late: with the PINGREQ sent a keepalive after
+        the broker's last word, a frozen node is left within 1.5 keepalives (on whole seconds)."""
+        keepalive = max(1, round(self.pub.mqtt.keepalive))
+        loop = asyncio.get_running_loop()
+        while True:
+            await sleep_until(math.floor(loop.time()) + 1.0)
+            waited = pingresp_overdue(self.client, keepalive / 2)
+            if waited is not None:
+                raise LinkDead(f"no PINGRESP within {waited:.0f} s, keepalive {keepalive} s")
 
     async def _subscribe(self, topic: str, what: str, *, level: int = logging.ERROR) -> bool:
         """Subscribe (QoS 1) to ``topic``; False when the broker refused (its ACL), logged at ``level``."""
