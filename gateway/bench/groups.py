@@ -108,10 +108,11 @@ def _point(i: int, signal: str, decimals: int = 6) -> dict[str, Any]:
 def bench_config(*, gateway_id: str, data_dir: Path, host: str, port: int, encoding: str,
                  commit_interval: float, groups: list[Group], mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
     """A gateway.yaml (as a dict) for ``groups`` against ``host:port``, data in ``data_dir``;
-    ``mqtt`` adds to its mqtt section."""
+    ``mqtt`` adds to its mqtt section (with ``servers`` in it, ``host`` and ``port`` are left out)."""
+    where = {} if mqtt and "servers" in mqtt else {"host": host, "port": port}
     return {
         "gateway": {"id": gateway_id, "data_dir": str(data_dir)},
-        "mqtt": {"host": host, "port": port, "topic_prefix": TOPIC_PREFIX, "encoding": encoding, **(mqtt or {})},
+        "mqtt": {**where, "topic_prefix": TOPIC_PREFIX, "encoding": encoding, **(mqtt or {})},
         "buffer": {"max_mb": 1024, "commit_interval": commit_interval},
         "devices": [entry for group in groups for entry in group.entries()],
     }

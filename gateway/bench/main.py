@@ -10,7 +10,7 @@ Modbus server answering with an exception), the buffer drains, and what arrived 
 against what was produced (each device's last committed seq): a reading missing by seq, or
 evicted by the buffer, fails the bench.
 
-Scenarios: load, saturation, moderate, modbus, drain, wire, startup (see ``SCENARIOS``).
+Scenarios: load, saturation, moderate, modbus, drain, wire, startup, failover (see ``SCENARIOS``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from gateway.bench.run import LOOPBACK, BenchError, private_broker
 from gateway.bench.steps import RunSteps
 
 FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
-SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup")
+SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup", "failover")
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
@@ -200,6 +200,14 @@ class Bench(RunSteps):
             if result is not None:
                 return result
         raise BenchError("the gateway reached the broker before the subscriber, three times")
+
+    def scenario_failover(self) -> dict[str, Any]:
+        """Kill the broker node the gateway is on: seconds to the first PUBACK on another node, readings resent."""
+        if self.opts.broker is not None:
+            return {"ok": True, "skipped": "needs brokers of its own to kill; not with --broker"}
+        from gateway.bench.failover import run_failover
+
+        return run_failover(self)
 
 
 # -- the report's header, the options --------------------------------------------------------------

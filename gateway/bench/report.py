@@ -163,9 +163,27 @@ def _startup_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _failover_rows(r: dict[str, Any]) -> list[Row]:
+    if "death_to_first_puback_s" not in r:
+        return []
+    return [
+        ("brokers", r["brokers"], f"the gateway's node {r['killed']} {r['how']} after the warm-up"),
+        ("node death to PUBACK", f"{_f(r['death_to_first_puback_s'], 2)} s",
+         f"to the first PUBACK on {r['moved_to']} (keepalive {r['keepalive_s']:g} s,"
+         f" publish timeout {r['publish_timeout_s']:g} s)"),
+        ("  reading / status acked", f"{_f(r['death_to_first_reading_acked_s'], 2)} / "
+         f"{_f(r['death_to_status_acked_s'], 2)} s",
+         f"after the death: the first reading's PUBACK, the retained status's (commit every"
+         f" {_dur(r['commit_interval_s'])})"),
+        ("readings resent", f"{_num(r['readings_resent'])}",
+         "arrived twice: sent to the dead node, no PUBACK, sent again on the new one"),
+        ("peak RSS", f"{_mb(r.get('peak_rss_bytes'))} MiB", "whole run"),
+    ]
+
+
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
-    "startup": _startup_rows,
+    "startup": _startup_rows, "failover": _failover_rows,
 }
 
 

@@ -55,8 +55,10 @@ class RunSteps:
 
     @contextlib.contextmanager
     def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
-                 subscribe: bool = True, mqtt: dict[str, Any] | None = None) -> Iterator[Run]:
-        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
+                 subscribe: bool = True, mqtt: dict[str, Any] | None = None,
+                 sub_on: list[tuple[str, int]] | None = None) -> Iterator[Run]:
+        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)
+        on the bench's broker, or on every broker of ``sub_on``."""
         workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True)
         for group in groups:
@@ -66,7 +68,8 @@ class RunSteps:
         config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
                               encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups,
                               mqtt=mqtt)
-        sub = BenchSubscriber(self.host, port, TOPIC_PREFIX, gateway_id)
+        (sub_host, sub_port), *also = sub_on or [(self.host, port)]
+        sub = BenchSubscriber(sub_host, sub_port, TOPIC_PREFIX, gateway_id, also=tuple(also))
         run = Run(name, GatewayProcess(workdir, config), sub, groups)
         run.result.update(_describe(groups, encoding, self.opts.commit_interval))
         try:

@@ -102,8 +102,12 @@ class BenchSubscriber:
     subscription is acknowledged; ``close()`` disconnects. Counters are safe to read from any thread.
     """
 
-    def __init__(self, host: str, port: int, topic_prefix: str, gateway_id: str) -> None:
+    def __init__(self, host: str, port: int, topic_prefix: str, gateway_id: str, *,
+                 also: tuple[tuple[str, int], ...] = ()) -> None:
         self.host, self.port = host, port
+        # ``also``: more brokers to subscribe on, counted as one (the failover scenario's independent
+        # Mosquittos: each reading reaches only the broker it was published to).
+        self.endpoints = [(host, port), *also]
         self.telemetry_topic = f"{topic_prefix}/{gateway_id}/+/telemetry"
         self.status_topic = f"{topic_prefix}/{gateway_id}/status"
         self.first_arrival: float | None = None  # monotonic time of the first telemetry message
@@ -113,44 +117,51 @@ class BenchSubscriber:
         self._devices: dict[str, _Device] = {}
         self._latency: Counter[int] = Counter()
         self._distinct = self._readings = self._messages = self._payload = self._overhead = 0
-        self._subscribed = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:10]}",
-                                   clean_session=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        self._clients = [self._new_client() for _ in self.endpoints]
         self._started = False
+
+    def _new_client(self) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:10]}",
+                             clean_session=True, userdata=threading.Event())  # set on SUBACK
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
 
     def start(self, timeout: float = 10.0) -> BenchSubscriber:
         """Connect (retrying every 5 ms while the port refuses) and wait for the SUBACK."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._client.connect(self.host, self.port, keepalive=30)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise ConnectionError(f"subscriber: no broker at {self.host}:{self.port}: {exc}") from exc
-                time.sleep(0.005)
-        self._client.loop_start()
-        self._started = True
-        if not self._subscribed.wait(max(0.1, deadline - time.monotonic())):
-            raise ConnectionError(f"subscriber: no SUBACK from {self.host}:{self.port}")
+        for client, (host, port) in zip(self._clients, self.endpoints, strict=True):
+            while True:
+                try:
+                    client.connect(host, port, keepalive=30)
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise ConnectionError(f"subscriber: no broker at {host}:{port}: {exc}") from exc
+                    time.sleep(0.005)
+            client.loop_start()
+            self._started = True
+        for client, (host, port) in zip(self._clients, self.endpoints, strict=True):
+            if not client.user_data_get().wait(max(0.1, deadline - time.monotonic())):
+                raise ConnectionError(f"subscriber: no SUBACK from {host}:{port}")
         return self
 
     def close(self) -> None:
         """Disconnect and stop the loop thread."""
         if self._started:
-            self._client.disconnect()
-            self._client.loop_stop()
+            for client in self._clients:
+                client.disconnect()
+                client.loop_stop()
             self._started = False
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
             client.subscribe([(self.telemetry_topic, 1), (self.status_topic, 1)])
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        self._subscribed.set()
+    def _on_subscribe(self, client: paho.Client, userdata: threading.Event, mid: int, reasons: Any,
+                      props: Any) -> None:
+        userdata.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         now_ms = time.time() * 1000.0

@@ -98,10 +98,11 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "the same polls with no gateway, for the floor), "
                     "drain (a backlog built at the load's rate with the broker away, drained while the "
                     "moderate load polls on), wire (cbor and json at the "
-                    "moderate load, at most 5 s each), startup.",
+                    "moderate load, at most 5 s each), startup, failover (the broker node the gateway "
+                    "is on is killed: a three-node NATS cluster, or two Mosquittos without nats-server).",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover (default: all)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
@@ -117,7 +118,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bench.add_argument("--drain-readings", type=_positive, default=300_000,
                        help="backlog the drain scenario builds with the broker away (default 300000)")
     bench.add_argument("--broker", metavar="HOST:PORT", default=None,
-                       help="use this broker instead of a private Mosquitto (the drain scenario is skipped)")
+                       help="use this broker instead of a private Mosquitto "
+                            "(the drain and failover scenarios are skipped)")
     bench.add_argument("--data-dir", default=None,
                        help="where the temporary data directories go (default: the system temp dir)")
     bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
@@ -191,7 +193,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         _fleet_note(args.config, config)
     print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")
     tls = "TLS" if mqtt.tls else "plain TCP"
-    print(f"  broker   {mqtt.host}:{mqtt.port} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
+    nodes = ", ".join(str(node) for node in mqtt.nodes)
+    if len(mqtt.nodes) > 1:
+        nodes += f" (failover {mqtt.failover.order})"
+    print(f"  broker   {nodes} ({tls}), topics {mqtt.topic_prefix}/{config.gateway.id}/..., "
           f"{mqtt.encoding}")
     print(f"  buffer   up to {config.buffer.max_mb:g} MB, committed every {config.buffer.commit_interval:g}s")
     for dev in config.devices:

@@ -17,6 +17,14 @@ def _ago(ts_ms: int | None, now_ms: int) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def _connected(broker: dict[str, Any]) -> str:
+    """``connected``, with the node in use and the moves when the broker is a cluster."""
+    text = "connected" + (f" to {broker['server']}" if broker.get("server") else "")
+    if len(broker.get("servers") or ()) > 1:
+        text += f" (nodes: {', '.join(broker['servers'])}; {broker.get('failovers', 0)} failovers)"
+    return text
+
+
 def render(status: dict[str, Any]) -> str:
     """A short human summary of a status document."""
     now = int(time.time() * 1000)
@@ -26,7 +34,8 @@ def render(status: dict[str, Any]) -> str:
     lines = [
         f"gateway {status.get('version')}  up {uptime}  config {status.get('config_hash')}"
         + ("" if status.get("clean_start", True) else "  (last run did not stop cleanly)"),
-        "broker   " + ("connected" if broker.get("connected") else f"NOT connected ({broker.get('last_error')})"),
+        "broker   " + (_connected(broker) if broker.get("connected")
+                       else f"NOT connected ({broker.get('last_error')})"),
         f"buffer   {buf.get('state')}  pending {buf.get('pending')} readings, {buf.get('bytes')} bytes, "
         f"evicted {buf.get('evicted')}" + (f", quarantined {buf['quarantined']}" if buf.get("quarantined") else "")
         + (f"  ({buf['reason']})" if buf.get("reason") else ""),

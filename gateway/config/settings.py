@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config.secrets import read_secret_file
-from gateway.fields import Duration, Name
+from gateway.fields import Duration, Name, parse_duration
 
 TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
 
@@ -63,9 +76,81 @@ class BatchSection(_Strict):
     linger: Duration = 0.0
 
 
+_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+_SERVER = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    """One broker node: a host name or IP literal and a port. ``str()`` is ``host:port``
+    (``[v6]:port`` for an IPv6 literal), the form the log and the status use."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_server(text: str, default_port: int) -> ServerAddress:
+    """``host:port``, ``host`` (``default_port``), ``[v6]:port``/``[v6]`` or an IPv4 literal; ValueError
+    saying what is wrong with ``text`` otherwise."""
+    text = text.strip()
+    match = _SERVER.fullmatch(text)
+    if match is None:
+        if text.count(":") > 1 and "[" not in text:
+            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. [fd00::7]:8883")
+        raise ValueError(f"{text!r} is not host:port, host or [IPv6]:port")
+    port = default_port
+    if match["port"] is not None:
+        if not match["port"].isdigit() or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        port = int(match["port"])
+    if match["v6"] is not None:
+        try:
+            return ServerAddress(str(ipaddress.IPv6Address(match["v6"])), port)
+        except ValueError:
+            raise ValueError(f"{text!r}: {match['v6']!r} in brackets is not an IPv6 address") from None
+    host = match["host"]
+    if re.fullmatch(r"[0-9.]+", host):  # all digits and dots: meant as an IPv4 address
+        try:
+            return ServerAddress(str(ipaddress.IPv4Address(host)), port)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv4 address") from None
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name (letters, digits, '-' and '.')")
+    return ServerAddress(host, port)
+
+
+def _server_entry(value: str) -> str:
+    parse_server(value, 1883)  # the syntax; the default port is mqtt.port, applied by MqttSection.nodes
+    return value
+
+
+def _never_or_duration(value: object) -> float:
+    """0 (also "0", "0s") means never; anything else is a duration."""
+    if not isinstance(value, bool) and isinstance(value, int | float | str) and re.fullmatch(
+            r"\s*0+(\.0*)?\s*(ms|s|m|h)?\s*", str(value)):
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or 0: never)") from None
+
+
+class FailoverSection(_Strict):
+    """How the publisher moves between the nodes of ``mqtt.servers`` (see gateway.publish.servers)."""
+
+    order: Literal["ordered", "random"] = "ordered"  # random: a stable order per gateway id
+    # on a node other than the first this long: probe the first and move back if it answers (0: never)
+    fail_back_after: Annotated[float, BeforeValidator(_never_or_duration)] = 600.0
+
+
 class MqttSection(_Strict):
-    host: str = Field(min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
+    host: str | None = Field(default=None, min_length=1)  # one broker; or servers (a cluster's nodes)
+    port: int = Field(default=1883, ge=1, le=65535)  # host's port, and the default port of servers
+    servers: list[Annotated[str, AfterValidator(_server_entry)]] | None = None
+    failover: FailoverSection = FailoverSection()
     topic_prefix: TopicPrefix = "city"
     encoding: Literal["cbor", "json", "packed"] = "cbor"  # packed: columnar CBOR for metered links
     compress: bool = False  # deflate packed messages (zlib)
@@ -89,6 +174,37 @@ class MqttSection(_Strict):
             except OSError as exc:
                 raise ValueError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
         return path
+
+    @field_validator("servers")
+    @classmethod
+    def _servers_or_host(cls, servers: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if servers is None:
+            return None
+        if info.data.get("host") is not None:
+            raise ValueError("give host (and port) or servers, not both")
+        if not servers:
+            raise ValueError("give at least one server (host:port)")
+        seen: dict[ServerAddress, int] = {}
+        for i, entry in enumerate(servers):
+            node = parse_server(entry, info.data.get("port", 1883))
+            if node in seen:
+                raise ValueError(f"{entry!r} is listed twice (entries {seen[node]} and {i})")
+            seen[node] = i
+        return servers
+
+    @model_validator(mode="after")
+    def _a_broker(self) -> MqttSection:
+        if self.host is None and self.servers is None:
+            raise ValueError("required key 'host' is missing (or servers: the nodes of a broker cluster)")
+        return self
+
+    @property
+    def nodes(self) -> tuple[ServerAddress, ...]:
+        """The broker nodes in the order written: ``servers``, or ``host``/``port`` as a list of one."""
+        if self.servers is None:
+            assert self.host is not None
+            return (ServerAddress(self.host, self.port),)
+        return tuple(parse_server(entry, self.port) for entry in self.servers)
 
     @model_validator(mode="after")
     def _compress_needs_packed(self) -> MqttSection:

@@ -116,8 +116,8 @@ class Daemon:
             log.error("running the last config that ran well: %s", self.config.fallback)
         enabled = sum(1 for d in self.config.devices if d.enabled)
         log.info(
-            "gateway %s %s started: %d devices, broker %s:%d, data in %s%s",
-            self.config.gateway.id, __version__, enabled, self.config.mqtt.host, self.config.mqtt.port,
+            "gateway %s %s started: %d devices, broker %s, data in %s%s",
+            self.config.gateway.id, __version__, enabled, ", ".join(map(str, self.config.mqtt.nodes)),
             self.data_dir, "" if self.clean_start else " (the last run did not stop cleanly)",
         )
         if self.config.commands.enabled:
@@ -357,6 +357,9 @@ class Daemon:
                 "messages_sent": self.publisher.messages_sent,
                 "readings_sent": self.publisher.readings_sent,
                 "connects": self.publisher.connects,
+                "server": self.publisher.server,
+                "failovers": self.publisher.failovers,
+                "servers": self.publisher.servers,
             },
             "devices": self._device_status(),
             "commands": {

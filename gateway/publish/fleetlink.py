@@ -7,15 +7,11 @@ requests themselves are judged in gateway.fleet (imported by the daemon, never h
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiomqtt
-
-from gateway.publish.mqttlink import LinkDead
 
 if TYPE_CHECKING:
     from gateway.publish.session import Session
@@ -34,16 +30,8 @@ def topics(prefix: str, gateway_id: str) -> dict[str, str]:
 
 async def subscribe(session: Session) -> None:
     """Subscribe (QoS 1) to the fleet's request topics; a refusal (broker ACL) is logged."""
-    pub = session.pub
-    for topic in pub.fleet_topics:
-        try:
-            async with asyncio.timeout(pub.mqtt.publish_timeout):
-                granted = await session.client.subscribe(topic, qos=1, timeout=math.inf)
-        except TimeoutError:
-            raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
-        code = granted[0] if granted else 128
-        if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
-            log.error("the broker refused the subscription to %s (its ACL?): no fleet requests", topic)
+    for topic in session.pub.fleet_topics:
+        await session.subscribe(topic, "fleet requests")
 
 
 def take(session: Session, message: aiomqtt.Message) -> bool:

@@ -41,8 +41,10 @@ class GatewayClient(aiomqtt.Client):
         while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
             await sleep_until(math.floor(loop.time()) + 1.0)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, address: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if address is not None:
+            self._connect_to(address)
         if hasattr(socket, "TCP_CORK"):
             paho, write = self._client, self._client.loop_write
 
@@ -62,6 +64,19 @@ class GatewayClient(aiomqtt.Client):
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
             paho.loop_write = corked_write  # type: ignore[method-assign]
+
+    def _connect_to(self, address: str) -> None:
+        """Open the TCP connection to ``address`` (one address of the node), not to whatever the node's
+        name resolves to now: paho keeps the name, so TLS still verifies the certificate against it
+        (an IP-literal node: against an IP SAN). The TCP connect waits as long as the CONNACK."""
+        paho = self._client
+        if self.timeout and self.timeout > 0:
+            paho.connect_timeout = self.timeout
+
+        def connect() -> socket.socket:
+            return socket.create_connection((address, paho.port), timeout=paho.connect_timeout)
+
+        paho._create_socket_connection = connect  # type: ignore[method-assign]
 
 
 class LinkDead(Exception):
@@ -85,6 +100,15 @@ class PahoLog(logging.Logger):
             self.socket_error = str(args[0])
             level = logging.DEBUG
         super().log(level, msg, *args, **kwargs)
+
+
+def pingresp_overdue(client: aiomqtt.Client, limit: float) -> float | None:
+    """Seconds our PINGREQ has waited for its PINGRESP when that is ``limit`` or more, else None
+    (paho 2 internals). paho alone gives up a keepalive after a second keepalive, up to twice
+    ``keepalive`` after the broker's last word: too late for a failover within 1.5 keepalives."""
+    sent = getattr(client._client, "_ping_t", 0.0)
+    waited = mqtt.time_func() - sent if sent else 0.0
+    return waited if sent and waited >= limit else None
 
 
 def describe(exc: BaseException) -> str:

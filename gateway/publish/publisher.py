@@ -1,7 +1,11 @@
 """The MQTT publisher: connect, status and will, publish buffered batches with QoS 1, ack, reconnect.
 
 One connection is a Session (gateway.publish.session); the Publisher makes one per attempt and
-keeps what outlives it: the reconnect loop and its backoff, the broker's log lines, the counters.
+keeps what outlives it: the reconnect loop and its backoff, the broker's log lines, the counters,
+and the move between the broker's nodes (``mqtt.servers``, gateway.publish.servers): a failed node
+is left for the next at once, without backoff; only a round in which no node answered backs off.
+After ``failover.fail_back_after`` on another node the primary is probed (TCP/TLS handshake only)
+and, if it answers, the session hands over between two messages and the primary is next.
 
 SQLite is the only source of truth: each connection attempt uses a new aiomqtt (paho) client, so
 paho never resends from its own memory queue, and starts again from the buffer's oldest un-acked
@@ -27,8 +31,9 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from gateway.config.settings import MqttSection
+from gateway.config.settings import MqttSection, ServerAddress
 from gateway.model import StoredBatch
+from gateway.publish import servers
 from gateway.publish.clock import WallClock
 from gateway.publish.fleetlink import FleetHandler
 from gateway.publish.fleetlink import topics as fleet_topics
@@ -55,6 +60,7 @@ OFFLINE: dict[str, Any] = {"schema": 1, "state": "offline"}
 TEARDOWN_TIMEOUT = 1.0  # seconds a failed or cancelled session may spend saying goodbye
 LOG_EVERY = 20  # while the broker stays away, one reminder line per this many failed attempts
 STABLE_AFTER = 30.0  # seconds a connection must last to reset the failure count and the backoff
+REFUSED_FACTOR = 4  # every node refused the login: back off this much longer (a wrong password must not hammer)
 
 
 class BufferLike(Protocol):
@@ -110,12 +116,23 @@ class Publisher:
         self._good_since: float | None = None  # loop time the current session's status got a PUBACK
         self._reported_up = False  # what the log last said about the broker
         self._logged_reason: str | None = None  # the failure last logged (repeats are only counted)
+        self.servers = [str(node) for node in mqtt.nodes]  # as configured, for the status
+        self._rotation = servers.Rotation(servers.node_order(mqtt.nodes, mqtt.failover.order, gateway_id))
+        self._node: ServerAddress | None = None  # the node of the current (or last) attempt
+        self._last_node: ServerAddress | None = None  # the node of the last session (CONNACK)
+        self._left: tuple[ServerAddress, str] | None = None  # the node a session was lost on, and why
+        self.failovers = 0  # moves to another node since start
         self.payloads = Payloads(mqtt, gateway_id, buffer)  # messages from batches: size, poison
 
     @property
     def connected(self) -> bool:
         """True while a session with the broker is up (CONNACK received, not yet lost)."""
         return self._connected
+
+    @property
+    def server(self) -> str | None:
+        """The node in use (``host:port``), None while not connected."""
+        return str(self._node) if self._connected and self._node is not None else None
 
     @property
     def commands_subscribed(self) -> bool:
@@ -133,12 +150,10 @@ class Publisher:
         self._buffer.on_commit = self._signals.wake.set
         try:
             while not self._signals.stop.is_set():
-                try:
-                    await self._connect_and_serve()
+                if await self._round():
                     return  # the session ended because stop() asked for it
-                except Exception as exc:  # any failure: log, back off, retry
-                    self._note_failure(exc)
-                await self._backoff()
+                await self._backoff(refused=self._rotation.all_refused())
+                self._rotation.restart()
         finally:
             self._connected = False
             self._run_task = None
@@ -159,18 +174,103 @@ class Publisher:
             task.cancel()
             await asyncio.wait({task}, timeout=TEARDOWN_TIMEOUT + 1.0)
 
+    # -- the nodes -------------------------------------------------------------------------------
+
+    async def _round(self) -> bool:
+        """Try the nodes in turn until one serves; True once a session ended because stop() asked,
+        False when every node failed this round (logged; the caller backs off)."""
+        rotation = self._rotation
+        while (node := rotation.next()) is not None:
+            self._node = node
+            try:
+                await self._serve_node(node)
+            except Exception as exc:
+                if not is_link_error(exc):  # a bug or a buffer failure, not the network
+                    rotation.failed(node, describe(exc))
+                    self._note_failure(exc, describe(exc))
+                    return False
+                self._node_failed(node, exc)
+                continue
+            if self._signals.stop.is_set():
+                return True
+            self._left = (node, "left for the primary (fail-back)")  # the session handed over
+            self._session_over()
+            rotation.restart()
+        reason = rotation.summary()
+        self._note_failure(None, reason, refused=rotation.all_refused())
+        self._left = None
+        return False
+
+    def _node_failed(self, node: ServerAddress, exc: Exception) -> None:
+        """The attempt on ``node`` failed, or its session was lost: on to the next node, at once."""
+        reason = describe(exc)
+        if self.last_error is None:  # the first news; a round that fails says it all (_note_failure)
+            self.last_error = reason
+        if self._good_since is not None:  # a session was up on it
+            self._left = (node, f"unreachable ({reason})")
+        if self._session_over():
+            self._rotation.restart(at=node)  # it served well: the other nodes get a fresh round
+        self._rotation.failed(node, reason, refused=any(login_refused(e) for e in leaves(exc)))
+
+    def _session_over(self) -> bool:
+        """The session ended (or none came up); True if it had lasted STABLE_AFTER, which resets the
+        failure count (and so the backoff)."""
+        stable = self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER
+        if stable:
+            self._failures, self._logged_reason = 0, None
+        self._good_since = None
+        return stable
+
+    async def _serve_node(self, node: ServerAddress) -> None:
+        """Connect to ``node`` (each of its addresses, resolved now, until one answers) and serve;
+        return when stop() or a fail-back ended the session."""
+        tls = await asyncio.to_thread(tls_context, self.mqtt.tls) if self.mqtt.tls else None
+        try:
+            async with asyncio.timeout(self.mqtt.publish_timeout):
+                addresses = await servers.resolve(node.host, node.port)
+        except (OSError, TimeoutError) as exc:
+            raise LinkDead(f"cannot resolve {node.host}: {exc or 'no answer'}") from None
+        if not addresses:
+            raise LinkDead(f"{node.host} has no address")
+        for i, address in enumerate(addresses):
+            connects = self.connects
+            try:
+                await self._connect_and_serve(node, address, tls)
+                return
+            except Exception as exc:
+                # Another address of the node only when this one did not answer at all.
+                if self.connects != connects or i == len(addresses) - 1 or any(map(login_refused, leaves(exc))):
+                    raise
+
+    async def _fail_back(self, tls: ssl.SSLContext | None) -> None:
+        """On a secondary: every ``fail_back_after``, probe the primary; once it answers, ask for the move."""
+        primary = self._rotation.primary
+        while True:
+            await asyncio.sleep(self.mqtt.failover.fail_back_after)
+            why = await servers.probe(primary, tls, self.mqtt.publish_timeout)
+            if why is None:
+                self._signals.move.set()
+                return
+            log.debug("fail-back: the primary %s does not answer yet: %s", primary, why)
+
     # -- one connection --------------------------------------------------------------------------
 
-    async def _connect_and_serve(self) -> None:
-        tls = await asyncio.to_thread(tls_context, self.mqtt.tls) if self.mqtt.tls else None
+    async def _connect_and_serve(self, node: ServerAddress, address: str, tls: ssl.SSLContext | None) -> None:
         paho_log = PahoLog()
-        client = self._new_client(tls, paho_log)
+        client = self._new_client(tls, paho_log, node, address)
         entered = False
+        fail_back: asyncio.Task[None] | None = None
         try:
             async with client:
                 entered = self._connected = True
                 self.connects += 1
+                if self._last_node is not None and node != self._last_node:
+                    self.failovers += 1  # counted with the CONNACK, as broker.server changes
+                self._last_node = node
                 try:
+                    self._signals.move.clear()
+                    if node != self._rotation.primary and self.mqtt.failover.fail_back_after > 0:
+                        fail_back = asyncio.create_task(self._fail_back(tls), name="mqtt-fail-back")
                     self._session = Session(self, client, paho_log, buffer=self._buffer, signals=self._signals,
                                             on_up=self._connected_ok)
                     await self._session.serve()
@@ -181,6 +281,8 @@ class Publisher:
                     raise
                 finally:
                     self._connected = False
+                    if fail_back is not None:
+                        fail_back.cancel()
         except aiomqtt.MqttError as exc:
             if entered:
                 raise
@@ -192,10 +294,11 @@ class Publisher:
         finally:
             abandon(client)
 
-    def _new_client(self, tls: ssl.SSLContext | None, paho_log: logging.Logger) -> aiomqtt.Client:
+    def _new_client(self, tls: ssl.SSLContext | None, paho_log: logging.Logger, node: ServerAddress,
+                    address: str) -> aiomqtt.Client:
         m = self.mqtt
         client = GatewayClient(
-            m.host, m.port,
+            node.host, node.port, address=address,
             identifier=self.client_id,
             username=m.username,
             password=m.secret_password(),
@@ -212,46 +315,54 @@ class Publisher:
         return client
 
     def _connected_ok(self) -> None:
-        """The broker took our first status: log it if the last line said otherwise."""
-        if self._reported_up is not True:
+        """The broker took our first status: log it (or the move) if the last line said otherwise."""
+        node, left = self._node, self._left
+        if left is not None and left[0] != node:
+            level = logging.INFO if left[1].startswith("left for the primary") else logging.WARNING
+            log.log(level, "broker moved: %s %s, now on %s", left[0], left[1], node)
+        elif left is not None and node != self._rotation.primary and self._rotation.failures:
+            why = self._rotation.failures.get(self._rotation.primary, ("?", False))[0]
+            log.info("broker: fail-back to the primary %s failed (%s); staying on %s", self._rotation.primary,
+                     why, node)
+        elif self._reported_up is not True:
             after = f" (after {self._failures} failed attempts)" if self._failures else ""
-            log.info("broker connected %s:%d%s", self.mqtt.host, self.mqtt.port, after)
+            log.info("broker connected %s%s", node, after)
+        self._left = None
         self._reported_up = True
         self.status_acks += 1
         self._good_since = asyncio.get_running_loop().time()
 
-    def _note_failure(self, exc: BaseException) -> None:
+    def _note_failure(self, exc: BaseException | None, reason: str, *, refused: bool = False) -> None:
         """Count a failed attempt and log what changed; a repeat is only counted (reminder lines).
 
         Only a connection that stayed up STABLE_AFTER seconds resets the count (and the backoff):
         a broker that accepts and drops us at once is retried ever more slowly, not in a loop.
         """
-        reason = self.last_error = describe(exc)
-        if self._good_since is not None and asyncio.get_running_loop().time() - self._good_since >= STABLE_AFTER:
-            self._failures, self._logged_reason = 0, None
-        self._good_since = None
+        self.last_error = reason
+        self._session_over()
         self._failures += 1
         if reason == self._logged_reason and not self._reported_up:  # after "connected", a loss is news
             if self._failures % LOG_EVERY == 0:
                 log.warning("broker still failing after %d attempts: %s", self._failures, reason)
             return
-        if not is_link_error(exc):  # a bug or a buffer failure, not the network: show where
+        nodes = ", ".join(self.servers)
+        if exc is not None:  # a bug or a buffer failure, not the network: show where
             log.error("publisher failed: %s; retrying", reason, exc_info=exc)
-        elif any(login_refused(e) for e in leaves(exc)):  # a human must act: say what to check
-            log.error("broker %s:%d refused the login as %r (%s): check mqtt.username and the password;"
-                      " readings are kept in the buffer, retrying", self.mqtt.host, self.mqtt.port,
-                      self.mqtt.username, reason)
+        elif refused:  # a human must act: say what to check
+            log.error("broker %s refused the login as %r (%s): check mqtt.username and the password;"
+                      " readings are kept in the buffer, retrying", nodes, self.mqtt.username, reason)
         elif self._reported_up:
             log.warning("broker lost: %s; readings are kept in the buffer", reason)
         else:
-            log.warning("broker %s:%d unreachable: %s; readings are kept in the buffer",
-                        self.mqtt.host, self.mqtt.port, reason)
+            log.warning("broker %s unreachable: %s; readings are kept in the buffer", nodes, reason)
         self._reported_up, self._logged_reason = False, reason
 
-    async def _backoff(self) -> None:
-        """Sleep a capped, exponential, jittered delay; return early when stop() is called."""
+    async def _backoff(self, *, refused: bool = False) -> None:
+        """Sleep a capped, exponential, jittered delay (longer when every node refused the login);
+        return early when stop() is called."""
         exponent = min(max(self._failures - 1, 0), 30)
-        ceiling = min(self.backoff_max, self.backoff_initial * 2**exponent)
+        factor = REFUSED_FACTOR if refused else 1
+        ceiling = min(self.backoff_max * factor, self.backoff_initial * factor * 2**exponent)
         delay = random.uniform(ceiling / 2, ceiling)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._signals.stop.wait(), delay)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -21,9 +22,9 @@ import aiomqtt
 
 from gateway.model import StoredBatch
 from gateway.publish import fleetlink
-from gateway.publish.mqttlink import LinkDead, PahoLog
+from gateway.publish.mqttlink import LinkDead, PahoLog, pingresp_overdue
 from gateway.publish.payloads import json_payload
-from gateway.timers import SharedTimeout
+from gateway.timers import SharedTimeout, sleep_until
 from gateway.wire.encoding import messages_of
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Signals:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # the buffer committed new rows
     status_due: asyncio.Event = field(default_factory=asyncio.Event)  # a status change wants publishing
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # stop(): say goodbye and end
+    move: asyncio.Event = field(default_factory=asyncio.Event)  # fail-back: hand over between two messages
     stop_deadline: float = math.inf  # loop time the goodbye must be done by
 
 
@@ -90,31 +92,50 @@ class Session:
         pub = self.pub
         async with self.tg:
             watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
+            pings = self.tg.create_task(self._watch_pings(), name="mqtt-ping-watch")
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
+            # Not awaited: the drain need not wait for this SUBACK (a lost one still ends the session).
+            status_watch = self.tg.create_task(self.subscribe(
+                pub.status_topic, "watch of our own status (a late will is not answered)", level=logging.WARNING))
             if pub.on_command is not None:
-                await self._subscribe_commands()
+                self.commands_on = await self.subscribe(pub.command_topic, "remote commands")
             if pub.on_fleet is not None:
                 await fleetlink.subscribe(self)
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
                      self.tg.create_task(self._drain(), name="mqtt-drain")]
             if pub.outbox is not None:  # fleet results and state
                 loops.append(self.tg.create_task(fleetlink.send_outbox(self), name="mqtt-outbox"))
-            await self.signals.stop.wait()
+            await self._stop_or_move()
             for task in loops:
                 task.cancel()
-            timeout = max(0.1, self.signals.stop_deadline - asyncio.get_running_loop().time())
-            await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
-                                timeout=timeout)
-            for task in (*self.sends, *self.commands, watcher):  # PUBACKs come in order: the sends are done
+            if self.signals.stop.is_set():
+                timeout = max(0.1, self.signals.stop_deadline - asyncio.get_running_loop().time())
+                await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
+                                    timeout=timeout)
+            elif self.sends:  # a move: nothing new is sent; the PUBACKs of what is out, up to publish_timeout
+                await asyncio.wait(set(self.sends), timeout=pub.mqtt.publish_timeout)
+            for task in (*self.sends, *self.commands, watcher, pings, status_watch):  # PUBACKs in order: sends done
+                task.cancel()
+
+    async def _stop_or_move(self) -> None:
+        """Return once stop() asks for the goodbye, or a fail-back for the hand-over."""
+        waits = [asyncio.ensure_future(self.signals.stop.wait()), asyncio.ensure_future(self.signals.move.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
                 task.cancel()
 
     async def _watch_link(self) -> None:
         """Fail the session the moment paho reports the link lost (publish() alone would not)."""
         try:
             async for message in self.client.messages:  # iterating is what surfaces the disconnect
-                self._command(message)  # only remote commands are subscribed to
+                if message.topic.value == self.pub.status_topic:
+                    self._status_read_back(message)
+                else:
+                    self._command(message)
         except aiomqtt.MqttError as exc:
             rc = getattr(exc.__cause__, "rc", None)
             if self.paho_log.socket_error:
@@ -123,21 +144,45 @@ class Session:
                 raise LinkDead(f"connection lost: {rc}") from exc
             raise LinkDead("connection closed by the broker or the network") from exc
 
-    async def _subscribe_commands(self) -> None:
-        """Subscribe (QoS 1) to remote commands; a refusal (broker ACL) leaves them off, logged."""
+    async def _watch_pings(self) -> None:
+        """LinkDead when a PINGRESP is half a keepalive late: with the PINGREQ sent a keepalive after
+        the broker's last word, a frozen node is left within 1.5 keepalives (on whole seconds)."""
+        keepalive = max(1, round(self.pub.mqtt.keepalive))
+        loop = asyncio.get_running_loop()
+        while True:
+            await sleep_until(math.floor(loop.time()) + 1.0)
+            waited = pingresp_overdue(self.client, keepalive / 2)
+            if waited is not None:
+                raise LinkDead(f"no PINGRESP within {waited:.0f} s, keepalive {keepalive} s")
+
+    async def subscribe(self, topic: str, what: str, *, level: int = logging.ERROR) -> bool:
+        """Subscribe (QoS 1) to ``topic``; False when the broker refused (its ACL), logged at ``level``."""
         pub = self.pub
         try:
             async with asyncio.timeout(pub.mqtt.publish_timeout):
-                granted = await self.client.subscribe(pub.command_topic, qos=1, timeout=math.inf)
+                granted = await self.client.subscribe(topic, qos=1, timeout=math.inf)
         except TimeoutError:
             raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
         code = granted[0] if granted else 128
         if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
-            log.error("the broker refused the subscription to %s (its ACL?): no remote commands on this connection",
-                      pub.command_topic)
+            log.log(level, "the broker refused the subscription to %s (its ACL?): no %s on this connection",
+                    topic, what)
+            return False
+        log.debug("subscribed to %s on %s", what, topic)
+        return True
+
+    def _status_read_back(self, message: aiomqtt.Message) -> None:
+        """Our status topic says ``offline`` while we are connected (a will of a node we left, landed
+        after our ``online``): publish ``online`` again. Our own goodbye comes back too, after stop()."""
+        if self.signals.stop.is_set() or not isinstance(message.payload, bytes | bytearray):
             return
-        self.commands_on = True
-        log.debug("subscribed to remote commands on %s", pub.command_topic)
+        try:
+            state = json.loads(message.payload).get("state")
+        except (ValueError, AttributeError):
+            return
+        if state == "offline":
+            log.info("our status read back as offline (an old will): publishing online again")
+            self.signals.status_due.set()
 
     def _command(self, message: aiomqtt.Message) -> None:
         """Answer a remote command in a task of its own: the link watch and the drain never wait for it."""

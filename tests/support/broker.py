@@ -58,12 +58,14 @@ class Mosquitto:
 
     host = LOOPBACK
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "",
+                 host: str = LOOPBACK) -> None:
         exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
         if exe is None:
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
         self.executable = exe
         self.workdir = workdir
+        self.host = host  # another loopback address (127.0.0.2) for a second node behind one name
         self.port = port or free_port()
         self.extra_config = extra_config
         self.log_path = workdir / "mosquitto.log"
@@ -73,7 +75,7 @@ class Mosquitto:
     def config_text(self) -> str:
         """The config file: anonymous, no queue limit (QoS 1 is never dropped), persistence on."""
         lines = [
-            f"listener {self.port} {LOOPBACK}",
+            f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "max_queued_messages 0",
             "persistence true",

@@ -7,6 +7,7 @@ that its figures are plausible.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from gateway.bench.report import render
 from gateway.bench.subscriber import BenchSubscriber, mqtt_overhead
 from tests.support.broker import Mosquitto
+from tests.support.needs import require_tool
 
 # The bench loads both cores on purpose: it runs alone, after the parallel pass (see the Makefile).
 pytestmark = [pytest.mark.integration, pytest.mark.serial_only]
@@ -191,3 +193,39 @@ def test_modbus_floor_says_why_it_cannot_measure(client: str) -> None:
             run_floor(client, hold.port, warmup=0.1, window=0.5)
     finally:
         hold.release()
+
+
+def _failover_sane(result: dict[str, Any], brokers: str) -> None:
+    """Every reading accounted for (duplicates allowed: at least once), the move measured."""
+    _accounted(result)
+    assert result["brokers"] == brokers
+    assert result["moved_to"] != result["killed"]
+    assert result["failovers"] >= 1
+    first = result["death_to_first_puback_s"]
+    assert 0 < first == min(result["death_to_first_reading_acked_s"], result["death_to_status_acked_s"]) < 60
+    assert result["readings_resent"] == result["duplicates"] >= 0
+
+
+def test_failover_scenario_on_a_nats_cluster() -> None:
+    require_tool("nats-server", "nats-server")
+    report = _bench("--scenario", "failover", "--devices", "2", "--points", "10", "--duration", "2",
+                    "--warmup", "1s")
+    _failover_sane(report["scenarios"]["failover"], "3 nats-server nodes")
+    assert "node death to PUBACK" in render(report)
+
+
+def test_failover_scenario_on_two_mosquittos_without_nats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where nats-server is missing (made so here: it is installed), two Mosquittos stand in."""
+    import gateway.bench.nats_cluster as nats_cluster
+    from gateway.bench.main import Bench, BenchOptions
+    from gateway.bench.report import Progress
+
+    def missing(*args: object, **kw: object) -> None:
+        raise nats_cluster.ClusterError("nats-server is not installed")
+
+    monkeypatch.setattr(nats_cluster, "NatsCluster", missing)
+    opts = BenchOptions(devices=2, points=10, duration=2.0, warmup=1.0, scenarios=("failover",))
+    with Bench(opts, Progress(io.StringIO())) as bench:
+        report = bench.run()
+    assert report["ok"] is True, report["scenarios"]
+    _failover_sane(report["scenarios"]["failover"], "2 Mosquittos")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -277,8 +278,9 @@ async def test_with_commands_disabled_nothing_is_subscribed_answered_or_written(
     log = broker.log()
     assert f" as {CLIENT_ID} (" in log  # it did connect (and published its status and telemetry)
     assert f"Received PUBLISH from test-platform (d0, q1, r0, m1, '{PREFIX}/meter-1/cmd'" in log
-    assert f"Received SUBSCRIBE from {CLIENT_ID}" not in log
-    assert f"Sending PUBLISH to {CLIENT_ID}" not in log  # the command was not forwarded to the gateway
+    # It subscribes to its own status topic only (issue 14), and the command was not forwarded to it.
+    assert f"Received SUBSCRIBE from {CLIENT_ID}\n" in log and "/+/cmd (QoS" not in log
+    assert not re.search(rf"Sending PUBLISH to {CLIENT_ID} \([^)]*'{PREFIX}/meter-1/cmd'", log)
     assert writes(server) == []
     assert await holding(server, 10) == 200
     assert "x-1" not in gw.log()

@@ -38,3 +38,13 @@ def test_render_names_every_problem_a_technician_must_see() -> None:
 def test_a_healthy_gateway_shows_no_warnings() -> None:
     text = render(_status(clock={"synced": True, "check": "auto"}, config={}, commands={"enabled": False}))
     assert "clock" not in text and "config   " not in text and "commands" not in text
+
+
+def test_the_broker_line_names_the_node_in_use_and_the_moves_of_a_cluster() -> None:
+    one = render(_status(broker={"connected": True, "server": "10.0.0.1:1883", "servers": ["10.0.0.1:1883"],
+                                 "failovers": 0}))
+    assert "broker   connected to 10.0.0.1:1883\n" in one
+    cluster = render(_status(broker={"connected": True, "server": "b-2:8883", "servers": ["b-1:8883", "b-2:8883"],
+                                     "failovers": 3}))
+    assert "connected to b-2:8883 (nodes: b-1:8883, b-2:8883; 3 failovers)" in cluster
+    assert "broker   connected\n" in render(_status(broker={"connected": True}))  # an older gateway's status
