@@ -193,6 +193,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         npoints = len(getattr(dev.options, "points", ()) or ())
         state = "" if dev.enabled else " (disabled)"
         print(f"  device   {dev.name}: {dev.driver}, {npoints} points every {dev.interval:g}s{state}")
+    web = config.web
+    if web.enabled:
+        print(f"  web      {'https' if web.tls else 'http'} on {', '.join(web.listen)}, "
+              f"writes {'on' if web.writes else 'off'}, password in {web.password_file}")
+        if web.open_addresses() and web.tls is None:
+            print(f"{args.config}: warning: web.listen: {', '.join(web.open_addresses())} is reachable from other"
+                  " machines without web.tls: the page's password crosses the network in clear", file=sys.stderr)
     return 0
 
 
