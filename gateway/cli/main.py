@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check, status, demo, bench, version."""
+"""The `gateway` command: run, check, status, demo, bench, web, version."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 EXIT_BAD_CONFIG = 2
 # Commands that use no driver's technician tools: for them the parser is built without importing
 # every installed driver (which ``gateway run`` would otherwise pay for at each start).
-PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version")
+PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version", "web")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     plain = argv is not None and _command_word(argv) in PLAIN_COMMANDS
     add_tool_commands(sub, _config_arg, {} if plain else driver_tools(), taken=PLAIN_COMMANDS)
+    from gateway.cli.webcmd import add_web_commands
+
+    add_web_commands(sub)
     sub.add_parser("version", help="print the version")
     return parser
 

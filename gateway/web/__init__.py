@@ -1,9 +1,8 @@
-"""The technician's local page: a view over the running daemon (status, inspect, the command path).
+"""The technician's local page: live values, charts, test reads and the log, served by the gateway.
 
-Off unless ``web.enabled``; the daemon imports ``gateway.web.server`` (and with it aiohttp) only
-then. The pieces: ``guard`` (Host/Origin checks, sessions and CSRF tokens, the login throttle),
-``feed`` (the latest values and the charts' history, fed from the scheduler's batches), ``pages``
-and ``chart`` (server-rendered HTML and inline SVG), ``server`` (the aiohttp application and its
-live-update stream), ``history``/``logring``/``passwd`` (the history buckets, the log ring, the
-password hashes).
+A view over the daemon, never a second path to the devices. Imported only when ``web.enabled``:
+nothing in gateway imports this package at start, so a gateway with the page off pays nothing for
+it (aiohttp included) in memory. Of its modules, ``passwd``, ``logring``, ``history``, ``guard``,
+``feed``, ``chart`` and ``pages`` import no aiohttp (the CLI's ``gateway web passwd`` uses the
+first); ``server`` (the aiohttp application) and ``live`` (its server-sent-event stream) do.
 """

@@ -73,13 +73,12 @@ def test_the_core_never_imports_a_driver() -> None:
 
 
 @pytest.mark.parametrize(("stage", "forbidden"), [
-    ("poll", {"buffer", "publish", "daemon", "cli", "bench", "web"}),
-    ("buffer", {"poll", "publish", "daemon", "cli", "bench", "web"}),
-    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench", "web"}),
-    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "web"}),
-    ("publish", {"poll", "daemon", "cli", "bench", "web"}),
-    # the page is a view over the daemon: it gets status and the tool path from it, never a stage
-    ("web", {"poll", "buffer", "publish", "daemon", "cli", "bench"}),
+    ("poll", {"buffer", "publish", "daemon", "cli", "bench"}),
+    ("buffer", {"poll", "publish", "daemon", "cli", "bench"}),
+    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench"}),
+    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench"}),
+    ("publish", {"poll", "daemon", "cli", "bench"}),
+    ("web", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench"}),  # the daemon hands it callables
     (SHARED, {*STAGES}),
 ])
 def test_data_flows_one_way(stage: str, forbidden: set[str]) -> None:
@@ -90,6 +89,13 @@ def test_data_flows_one_way(stage: str, forbidden: set[str]) -> None:
 def test_only_the_cli_imports_the_daemon_or_the_bench_and_nothing_imports_the_cli() -> None:
     wrong = [(a, b) for a, b, u in edges()
              if (u in ("daemon", "bench") and unit(a) not in (u, "cli")) or (u == "cli" and unit(a) != "cli")]
+    assert wrong == []
+
+
+def test_only_the_daemon_and_the_cli_import_the_page() -> None:
+    """The page (and aiohttp) is loaded only when ``web.enabled``: by the daemon that starts it, or
+    by the cli's ``gateway web`` commands."""
+    wrong = [(a, b) for a, b, u in edges() if u == "web" and unit(a) not in ("web", "daemon", "cli")]
     assert wrong == []
 
 
