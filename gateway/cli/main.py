@@ -185,6 +185,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_CONFIG
+    if config.web.enabled:  # a malformed password file: no one could log in
+        from gateway.web.passwd import PasswordFileError, read_hash
+
+        try:
+            read_hash(config.web.password_file or "")
+        except PasswordFileError as exc:
+            print(f"{args.config}: web.password_file: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     mqtt = config.mqtt
     print(f"{args.config}: OK (config {config.hash})")
     print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")

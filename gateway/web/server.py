@@ -29,7 +29,7 @@ from gateway.web.feed import Feed
 from gateway.web.guard import HostCheck, Session, Sessions, Throttle, same_origin
 from gateway.web.live import LiveStream
 from gateway.web.logring import LogRing
-from gateway.web.passwd import read_hash, verify
+from gateway.web.passwd import PasswordFileError, read_hash, verify
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class WebServer:
         password = _text(form.get("password")) or ""
         try:  # scrypt takes tens of ms: not in the event loop, which polls
             ok = await asyncio.to_thread(_check_password, self.section.password_file, password)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, PasswordFileError) as exc:
             log.error("web: login from %s impossible: %s", source, exc)
             return await self._login_form(request, "The gateway's password file cannot be read.", 500)
         if not ok:

@@ -141,7 +141,7 @@ async def test_a_gateway_with_the_page_off_does_not_load_aiohttp(tmp_path: Path,
     await asyncio.to_thread(gw.start)
     await asyncio.to_thread(gw.wait_status, lambda s: s["devices"]["sim-1"]["polls"] > 0)
     assert gw.proc is not None
-    maps = Path(f"/proc/{gw.proc.pid}/maps").read_text()
+    maps = await asyncio.to_thread(Path(f"/proc/{gw.proc.pid}/maps").read_text)
     assert "aiohttp" not in maps and "multidict" not in maps and "yarl" not in maps
 
 
@@ -149,4 +149,4 @@ async def test_a_gateway_with_the_page_on_loads_aiohttp(page: tuple[GatewayProce
     # The counterpart of the test above: the maps do show aiohttp's compiled parts when it is loaded.
     gw, _ = page
     assert gw.proc is not None
-    assert "aiohttp" in Path(f"/proc/{gw.proc.pid}/maps").read_text()
+    assert "aiohttp" in await asyncio.to_thread(Path(f"/proc/{gw.proc.pid}/maps").read_text)

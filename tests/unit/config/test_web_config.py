@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config.load import ConfigFileError, load_config
 from gateway.config.settings import listen_address
+from gateway.web.passwd import hash_password
 from tests.support.gateway_proc import run_cli
 
 BASE = """\
@@ -67,7 +68,7 @@ def test_listen_address_parses_v4_and_v6() -> None:
 
 
 def test_check_warns_about_a_non_loopback_page_without_tls(tmp_path: Path) -> None:
-    (tmp_path / "pw").write_text("x")
+    (tmp_path / "pw").write_text(hash_password("secret") + "\n")
     path = tmp_path / "gateway.yaml"
     path.write_text(BASE + f"web: {{enabled: true, password_file: {tmp_path}/pw, listen: ['0.0.0.0:8080']}}\n")
     result = run_cli("check", "-c", str(path))
@@ -76,3 +77,13 @@ def test_check_warns_about_a_non_loopback_page_without_tls(tmp_path: Path) -> No
     path.write_text(BASE + f"web: {{enabled: true, password_file: {tmp_path}/pw}}\n")
     result = run_cli("check", "-c", str(path))
     assert result.returncode == 0 and "warning" not in result.stderr
+
+
+def test_check_refuses_a_malformed_password_file_naming_the_field(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")  # a password in clear, not a hash
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BASE + f"web: {{enabled: true, password_file: {tmp_path}/pw}}\n")
+    result = run_cli("check", "-c", str(path))
+    assert result.returncode == 2 and "OK" not in result.stdout
+    assert f"web.password_file: {tmp_path}/pw: malformed password file" in result.stderr
+    assert "secret" not in result.stderr
