@@ -85,12 +85,12 @@ class WebServer:
 
     async def start(self) -> None:
         """Listen on every address; one that cannot be bound is logged, the gateway runs on."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         context = self._ssl_context() if self.section.tls is not None else None
         for text in self.section.listen:
             host, port = listen_address(text)
-            site = web.TCPSite(self._runner, host, port, ssl_context=context, shutdown_timeout=1.0)
+            site = web.TCPSite(self._runner, host, port, ssl_context=context)
             try:
                 await site.start()
             except OSError as exc:
