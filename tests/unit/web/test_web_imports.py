@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import REPO
 
-PLAIN_PARTS = ("gateway.web.passwd",)
+PLAIN_PARTS = ("gateway.web.passwd", "gateway.web.logring")
 
 
 def loaded_after(code: str) -> set[str]:
