@@ -212,9 +212,13 @@ def _ms(value: Any) -> str:
     return "" if value is None else f"{float(value):.1f} ms"
 
 
+def _when(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts))) if isinstance(ts, int | float) else ""
+
+
 def log_page(lines: Iterable[Mapping[str, Any]], csrf: str) -> str:
     rows = "".join(
-        f"<tr><td>{escape(str(line.get('ts')))}</td><td>{escape(str(line.get('level')))}</td>"
+        f"<tr><td>{_when(line.get('ts'))}</td><td>{escape(str(line.get('level')))}</td>"
         f"<td>{escape(str(line.get('message')))}</td></tr>" for line in reversed(list(lines)))
-    return layout("Log", f'<table class="grid log"><tr><th>Time</th><th>Level</th><th>Message</th></tr>{rows}'
+    return layout("Log", f'<table class="grid log"><tr><th>UTC</th><th>Level</th><th>Message</th></tr>{rows}'
                          "</table>", csrf=csrf)
