@@ -16,6 +16,7 @@ import aiohttp
 
 from gateway.web.passwd import hash_password
 from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway
+from tests.support.modbus_server import ModbusTestServer, Request
 from tests.support.ports import free_port
 from tests.support.wait import wait_until_async
 
@@ -102,3 +103,8 @@ async def start_page_gateway(tmp_path: Path, broker_port: int, gateways: list[Ga
 
     await wait_until_async(answers, 20, lambda: f"the page to answer:\n{gw.log()}", every=0.1)
     return gw, url
+
+
+def writes(server: ModbusTestServer) -> list[Request]:
+    """The write requests (function codes 5, 6, 15, 16) the Modbus test server received."""
+    return [r for r in server.requests if r.function_code in (5, 6, 15, 16)]

@@ -13,9 +13,9 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway
-from tests.support.modbus_server import ModbusTestServer, StartModbus
+from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
 from tests.support.wait import wait_until_async
-from tests.support.webpage import PASSWORD, PageClient, csrf_of, start_page_gateway
+from tests.support.webpage import PASSWORD, PageClient, csrf_of, start_page_gateway, writes
 
 pytestmark = pytest.mark.integration
 
@@ -97,14 +97,14 @@ async def test_a_post_from_another_origin_or_without_its_token_is_refused(
     assert (await client.post("/devices/meter-1/write", form, origin="null")).status == 403
     assert (await client.post("/devices/meter-1/write", {**form, "csrf": "made-up"})).status == 403
     assert (await client.post("/devices/meter-1/read", {})).status == 403
-    assert server.get("holding", 10) == 200  # nothing was written
+    assert writes(server) == []  # nothing was written
     reply = await client.post("/devices/meter-1/write", form)
-    assert reply.status == 200 and "Write setpoint = 22: ok" in reply.text
-    assert server.get("holding", 10) == 220
+    assert reply.status == 200 and "Write setpoint = 22: ok, written holding 10 &lt;- 00DC (FC6)" in reply.text
+    assert writes(server) == [Request(6, 10, 0)]
     assert "web: write meter-1.setpoint = '22' from 127.0.0.1: ok" in gw.log()
     reply = await client.post("/devices/meter-1/write", {**form, "value": "99"})
     assert reply.status == 403 and "refused" in reply.text and "maximum" in reply.text
-    assert server.get("holding", 10) == 220
+    assert writes(server) == [Request(6, 10, 0)]
 
 
 async def test_a_write_without_a_login_is_refused(page: tuple[GatewayProcess, PageClient],
@@ -115,7 +115,7 @@ async def test_a_write_without_a_login_is_refused(page: tuple[GatewayProcess, Pa
     client.cookies.pop("gw_session")
     reply = await client.post("/devices/meter-1/write", {"csrf": token, "point": "setpoint", "value": "22"})
     assert reply.status == 403 and "log in" in reply.text
-    assert server.get("holding", 10) == 200
+    assert writes(server) == []
 
 
 async def test_failed_logins_are_slowed_per_address_but_never_locked_out(
