@@ -169,8 +169,12 @@ def device_page(name: str, status: Mapping[str, Any], values: Mapping[str, Lates
     for point in points:
         latest = values.get(point)
         series = history.series(name, point)
-        chart = ('<span class="muted">no chart: the history is full (2 MB)</span>' if series is None
-                 else svg_chart(series, now_ms, latest.unit if latest else None))
+        if series is not None:
+            chart = svg_chart(series, now_ms, latest.unit if latest else None)
+        elif latest is None:
+            chart = '<span class="muted">no readings yet</span>'
+        else:
+            chart = '<span class="muted">no chart: the history is full (it keeps 2 MB at most)</span>'
         unit = escape(latest.unit or "") if latest else ""
         rows.append(f"<tr><th>{escape(point)}</th>{cell(f'val.{name}.{point}', f)}<td>{unit}</td>"
                     f"{cell(f'val.{name}.{point}.error', f)}<td>{chart}</td></tr>")

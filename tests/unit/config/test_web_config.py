@@ -87,3 +87,15 @@ def test_check_refuses_a_malformed_password_file_naming_the_field(tmp_path: Path
     assert result.returncode == 2 and "OK" not in result.stdout
     assert f"web.password_file: {tmp_path}/pw: malformed password file" in result.stderr
     assert "secret" not in result.stderr
+
+
+def test_a_changed_web_section_waits_for_a_restart(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from gateway.config.settings import WebSection
+    from gateway.daemon.reload import diff
+
+    old = load(tmp_path, "")
+    new = replace(old, web=WebSection(listen=["127.0.0.1:8081"]))
+    assert diff(old, new).restart_pending == ["web"]
+    assert diff(old, old).restart_pending == []
