@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,12 @@ class Reply:
 class PageClient:
     """HTTP to the page at ``url`` with a cookie store of its own (it takes cookies from IP hosts)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: Path | None = None) -> None:
         self.url = url
         self.cookies: dict[str, str] = {}
-        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
+        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                           connector=aiohttp.TCPConnector(ssl=context) if context else None)
 
     async def close(self) -> None:
         await self._http.close()
@@ -82,24 +85,29 @@ def write_password(path: Path, password: str = PASSWORD) -> Path:
 
 
 async def start_page_gateway(tmp_path: Path, broker_port: int, gateways: list[GatewayProcess],
-                             devices: list[dict[str, Any]], *, writes: bool = False) -> tuple[GatewayProcess, str]:
+                             devices: list[dict[str, Any]], *, writes: bool = False,
+                             tls: tuple[Path, Path, Path] | None = None) -> tuple[GatewayProcess, str]:
     """A started gateway polling ``devices`` with its page on 127.0.0.1 (a port of its own); returns it
-    and the page's base URL once the page answers."""
+    and the page's base URL once the page answers. ``tls``: (CA, certificate, key) files: HTTPS."""
     port = free_port()
     config = base_config(tmp_path / "data", broker_port)
     config["devices"] = devices
     config["web"] = {"enabled": True, "listen": [f"127.0.0.1:{port}"], "writes": writes,
                      "password_file": str(write_password(tmp_path / "web.passwd"))}
+    if tls is not None:
+        config["web"]["tls"] = {"cert_file": str(tls[1]), "key_file": str(tls[2])}
     gw = new_gateway(tmp_path, config, gateways)
     await asyncio.to_thread(gw.start)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     async def answers() -> bool:
+        client = PageClient(url, tls[0] if tls else None)
         try:
-            async with aiohttp.ClientSession() as http, http.get(url + "/login") as response:
-                return response.status == 200
+            return (await client.get("/login")).status == 200
         except aiohttp.ClientError:
             return False
+        finally:
+            await client.close()
 
     await wait_until_async(answers, 20, lambda: f"the page to answer:\n{gw.log()}", every=0.1)
     return gw, url

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Mosquitto
+from tests.support.certs import make_pki
 from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway
 from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
 from tests.support.wait import wait_until_async
@@ -150,3 +151,20 @@ async def test_a_gateway_with_the_page_on_loads_aiohttp(page: tuple[GatewayProce
     gw, _ = page
     assert gw.proc is not None
     assert "aiohttp" in await asyncio.to_thread(Path(f"/proc/{gw.proc.pid}/maps").read_text)
+
+
+async def test_under_tls_the_cookie_is_secure(tmp_path: Path, mosquitto: Mosquitto, gateways: list[GatewayProcess],
+                                              server: ModbusTestServer) -> None:
+    pki = await asyncio.to_thread(make_pki, tmp_path / "pki")
+    tls = (pki.ca.cert, pki.server.cert, pki.server.key)
+    _, url = await start_page_gateway(tmp_path, mosquitto.port, gateways, [meter(server)], tls=tls)
+    assert url.startswith("https://")
+    client = PageClient(url, pki.ca.cert)
+    try:
+        reply = await client.login()
+        assert reply.status == 303
+        [cookie] = [c for c in reply.headers.getall("Set-Cookie") if c.startswith("gw_session=")]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert (await client.get("/")).status == 200
+    finally:
+        await client.close()
