@@ -101,7 +101,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "moderate load, at most 5 s each), startup.",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all),"
+                            " or web (the page's cost: 5 interleaved moderate runs without and with it)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
