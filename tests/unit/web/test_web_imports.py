@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import REPO
 
-PLAIN_PARTS = ("gateway.web.passwd", "gateway.web.logring")
+PLAIN_PARTS = ("gateway.web.passwd", "gateway.web.logring", "gateway.web.history")
 
 
 def loaded_after(code: str) -> set[str]:
