@@ -265,6 +265,8 @@ class Daemon:
             self._status_changed()
             return False
         await self.scheduler.swap([*change.removed, *(spec.name for spec in change.changed)], starting)
+        if self.page is not None:
+            self.page.forget_removed()
         if change.restart_pending:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
             new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer, web=self.config.web)

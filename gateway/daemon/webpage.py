@@ -36,6 +36,10 @@ class Page:
     def observe(self, batch: Batch) -> None:
         self.feed.observe(batch)
 
+    def forget_removed(self) -> None:
+        """After a reload: drop what is kept of devices no longer polled."""
+        self.feed.forget(set(self._daemon.scheduler.tasks))
+
     async def start(self) -> None:
         self.logring.install(logging.getLogger())
         await self.server.start()

@@ -7,7 +7,6 @@ page can never slow polling down.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,16 +37,15 @@ class Feed:
         errors = batch.errors or {}
         names, units = batch.points.names, batch.points.units
         for i, value in enumerate(batch.values):
-            name = names[i]
-            points[name] = Latest(value, units[i], errors.get(i), batch.ts)
-            if isinstance(value, int | float) and math.isfinite(value):
-                self.history.add(batch.device, name, float(value), batch.ts)
+            points[names[i]] = Latest(value, units[i], errors.get(i), batch.ts)
+        self.history.add_batch(batch)
         self.version += 1
 
     def values(self, device: str) -> dict[str, Latest]:
         return self.latest.get(device, {})
 
     def forget(self, keep: set[str]) -> None:
-        """Drop the latest values of devices no longer polled (after a reload)."""
+        """Drop the latest values and histories of devices no longer polled (after a reload)."""
         for name in [n for n in self.latest if n not in keep]:
             del self.latest[name]
+            self.history.forget(name)

@@ -168,11 +168,13 @@ def device_page(name: str, status: Mapping[str, Any], values: Mapping[str, Lates
     rows = []
     for point in points:
         latest = values.get(point)
-        series = history.series(name, point)
+        series = history.series(name, point, now_ms)
         if series is not None:
             chart = svg_chart(series, now_ms, latest.unit if latest else None)
-        elif latest is None:
+        elif latest is None or latest.value is None:
             chart = '<span class="muted">no readings yet</span>'
+        elif not isinstance(latest.value, int | float):
+            chart = '<span class="muted">no chart: not a number</span>'
         else:
             chart = '<span class="muted">no chart: the history is full (it keeps 2 MB at most)</span>'
         unit = escape(latest.unit or "") if latest else ""

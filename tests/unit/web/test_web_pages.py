@@ -70,3 +70,15 @@ def test_the_chart_draws_the_last_values_inside_its_box() -> None:
     assert len(xy) == 60 and all(0 <= x <= 300 and 0 <= y <= 64 for x, y in xy)
     assert xy[-1][1] < xy[0][1]  # rising values go up the chart
     assert svg_chart([], NOW) == '<span class="muted">no readings in the last 15 minutes</span>'
+
+
+def test_a_point_beyond_the_history_budget_says_it_has_no_chart() -> None:
+    history = History(max_bytes=3000)  # room for one point's history
+    feed = Feed(history)
+    feed.observe(Batch("a-ok", NOW - 20_000, PointSet(("one", "two", "text"), (None, None, None)), [1.0, 2.0, "x"]))
+    html = pages.device_page("a-ok", STATUS, feed.values("a-ok"), ("one", "two", "text"), history, "tok", NOW,
+                             writes=True)
+    assert html.count("<svg") == 1
+    assert "no chart: the history is full (it keeps 2 MB at most)" in html
+    assert "no chart: not a number" in html
+    assert 'action="/devices/a-ok/write"' in html
