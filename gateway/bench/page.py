@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.bench.broker import free_port
+from gateway.bench.metrics import window_figures
 from gateway.bench.run import LOOPBACK, BenchError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 PAIRS = 5
 PASSWORD = "bench page password"
+FIGURES = ("cpu_us_per_reading", "rss_bytes", "peak_rss_bytes")  # compared without and with the page
 
 
 class PageVisitor:
@@ -39,6 +41,7 @@ class PageVisitor:
         self.events = 0
         self.error: str | None = None
         self._conn: http.client.HTTPConnection | None = None
+        self._response: http.client.HTTPResponse | None = None
         self._thread = threading.Thread(target=self._run, name="page-visitor", daemon=True)
 
     def start(self) -> PageVisitor:
@@ -48,8 +51,8 @@ class PageVisitor:
         response = self._conn.getresponse()
         if response.status != 200:
             raise BenchError(f"the page's live stream answered {response.status}")
-        self._thread.start()
         self._response = response
+        self._thread.start()
         return self
 
     def _login(self) -> str:
@@ -75,6 +78,7 @@ class PageVisitor:
             conn.close()
 
     def _run(self) -> None:
+        assert self._response is not None
         try:
             while line := self._response.readline():
                 if line.startswith(b"data: "):
@@ -106,25 +110,34 @@ def password_file(directory: Path) -> Path:
 
 
 def page_run(bench: Bench, on: bool) -> dict[str, Any]:
-    """One steady moderate run, with the page on and a browser connected, or without the page."""
+    """One steady moderate run (as RunSteps.steady), with the page on and a browser connected from
+    the first reading to the end, or without the page; adds the RSS at the window's end."""
     port = free_port()
     web = {"enabled": True, "listen": [f"{LOOPBACK}:{port}"], "password_file": str(password_file(bench.tmp))}
     group = bench.moderate_group()
-    visitor: PageVisitor | None = None
+    with bench.open_run(f"web-{'on' if on else 'off'}", [group], bench.opts.encoding,
+                        web=web if on else None) as run:
+        run.gw.start().wait_ready()
+        bench.wait_first(run)
+        visitor = PageVisitor(port, group.entries()[0]["name"]).start() if on else None
+        try:
+            bench.sleep(run, "warming up", bench.opts.warmup)
+            run.result.update(window_figures(bench.measure(run, bench.opts.duration), group.rate))
+            run.result["rss_bytes"] = rss(run.gw.pid)
+        finally:
+            if visitor is not None:
+                visitor.close()
+                run.result.update(page_events=visitor.events, page_error=visitor.error)
+        bench.finish(run)
+    return run.result
 
-    def connect() -> None:
-        nonlocal visitor
-        visitor = PageVisitor(port, group.entries()[0]["name"]).start()
 
-    try:
-        result = bench.steady(f"web-{'on' if on else 'off'}", [group], bench.opts.encoding, bench.opts.duration,
-                              web=web if on else None, before_warmup=connect if on else None)
-    finally:
-        if visitor is not None:
-            visitor.close()
-    if visitor is not None:
-        result.update(page_events=visitor.events, page_error=visitor.error)
-    return result
+def rss(pid: int) -> int:
+    """The resident set size of ``pid`` now, in bytes (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def scenario_web(bench: Bench) -> dict[str, Any]:
@@ -135,17 +148,15 @@ def scenario_web(bench: Bench) -> dict[str, Any]:
             runs[side].append(page_run(bench, side == "on"))
     out: dict[str, Any] = {"pairs": PAIRS, "ok": all(r.get("ok") for side in runs.values() for r in side)}
     for side, results in runs.items():
-        out[side] = {
-            "cpu_us_per_reading": [r.get("cpu_us_per_reading") for r in results],
-            "peak_rss_bytes": [r.get("peak_rss_bytes") for r in results],
-        }
-        out[f"{side}_cpu_us_median"] = _median(out[side]["cpu_us_per_reading"])
-        out[f"{side}_rss_median"] = _median(out[side]["peak_rss_bytes"])
+        out[side] = {key: [r.get(key) for r in results] for key in FIGURES}
+        for key in FIGURES:
+            out[f"{side}_{key}_median"] = _median(out[side][key])
     out["page_events"] = [r.get("page_events") for r in runs["on"]]
-    off, on = out["off_cpu_us_median"], out["on_cpu_us_median"]
+    off, on = out["off_cpu_us_per_reading_median"], out["on_cpu_us_per_reading_median"]
     out["cpu_increase_percent"] = (on / off - 1) * 100 if off and on else None
-    if out["off_rss_median"] and out["on_rss_median"]:
-        out["rss_increase_bytes"] = out["on_rss_median"] - out["off_rss_median"]
+    for key in ("rss_bytes", "peak_rss_bytes"):
+        off, on = out[f"off_{key}_median"], out[f"on_{key}_median"]
+        out[f"{key}_increase"] = on - off if off and on else None
     return out
 
 

@@ -13,7 +13,7 @@ import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,15 +82,11 @@ class RunSteps:
             run.sub.close()
 
     def steady(self, name: str, groups: list[Group], encoding: str, window: float,
-               mqtt: dict[str, Any] | None = None, web: dict[str, Any] | None = None,
-               before_warmup: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Start, warm up, measure a window of ``window`` seconds, then stop and verify.
-        ``before_warmup`` runs once the first reading arrived (e.g. a browser connecting to the page)."""
-        with self.open_run(name, groups, encoding, mqtt=mqtt, web=web) as run:
+               mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
+        with self.open_run(name, groups, encoding, mqtt=mqtt) as run:
             ready = run.gw.start().wait_ready()
             self.wait_first(run)
-            if before_warmup is not None:
-                before_warmup()
             run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)
             self.sleep(run, "warming up", self.opts.warmup)
             run.result.update(window_figures(self.measure(run, window), sum(g.rate for g in groups)))

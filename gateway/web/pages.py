@@ -14,8 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.web.chart import svg_chart
-from gateway.web.feed import Latest
-from gateway.web.history import History
+from gateway.web.feed import Feed, Latest
 
 
 def ago(ts_ms: int | None, now_ms: int) -> str:
@@ -161,14 +160,15 @@ def devices_page(status: Mapping[str, Any], csrf: str, now_ms: int) -> str:
     return layout("Devices", f'<table class="grid"><tr>{head}</tr>{rows}</table>', csrf=csrf, live="")
 
 
-def device_page(name: str, status: Mapping[str, Any], values: Mapping[str, Latest], points: Iterable[str],
-                history: History, csrf: str, now_ms: int, *, writes: bool, result: str = "",
+def device_page(name: str, status: Mapping[str, Any], feed: Feed, points: Iterable[str],
+                csrf: str, now_ms: int, *, writes: bool, result: str = "",
                 message: str = "") -> str:
+    values = feed.values(name)
     f = device_fields(status, now_ms) | value_fields(name, values)
     rows = []
     for point in points:
         latest = values.get(point)
-        series = history.series(name, point, now_ms)
+        series = feed.series(name, point, now_ms)
         if series is not None:
             chart = svg_chart(series, now_ms, latest.unit if latest else None)
         elif latest is None or latest.value is None:

@@ -69,6 +69,8 @@ class WebServer:
         self.throttle = Throttle()
         self.live = LiveStream(self._live_fields)
         self._busy: set[str] = set()  # the lines with a read now or a write under way
+        self._checking: set[str] = set()  # source addresses whose login is being checked
+        self._scrypt = asyncio.Semaphore(1)  # one password check at a time: bounded CPU under a login flood
         self.app = web.Application(middlewares=[self._guard], client_max_size=16 * 1024)
         self.app.router.add_get("/", self._overview)
         self.app.router.add_get("/devices", self._devices)
@@ -121,7 +123,11 @@ class WebServer:
         if (request.method == "POST" or origin is not None) and not same_origin(
                 origin, request.headers.get("Host"), self.tls):
             return web.Response(status=403, text="refused: the request did not come from this page (Origin)\n")
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects and refusals carry the headers too
+            exc.headers.update(HEADERS)
+            raise
         if not response.prepared:
             response.headers.update(HEADERS)
         return response
@@ -161,14 +167,19 @@ class WebServer:
         if not cookie or not field or not secrets.compare_digest(cookie, field):
             return await self._login_form(request, "The form was stale: try again.", 403)
         wait = self.throttle.wait_left(source)
-        if wait > 0:
+        if wait > 0 or source in self._checking:  # (parallel guesses would each skip the wait)
+            wait = max(wait, 1.0)
             return await self._login_form(request, f"Too many failed logins: wait {wait:.0f} s, then try again.", 429)
         password = _text(form.get("password")) or ""
-        try:  # scrypt takes tens of ms: not in the event loop, which polls
-            ok = await asyncio.to_thread(_check_password, self.section.password_file, password)
+        self._checking.add(source)
+        try:  # scrypt takes tens of ms: in a thread, not in the event loop (which polls), one at a time
+            async with self._scrypt:
+                ok = await asyncio.to_thread(_check_password, self.section.password_file, password)
         except (OSError, ValueError, PasswordFileError) as exc:
             log.error("web: login from %s impossible: %s", source, exc)
             return await self._login_form(request, "The gateway's password file cannot be read.", 500)
+        finally:
+            self._checking.discard(source)
         if not ok:
             delay = self.throttle.failed(source)
             log.warning("web: failed login from %s (the next attempt is checked after %.0f s)", source, delay)
@@ -210,8 +221,8 @@ class WebServer:
         points = self.backend.points(name)
         if points is None:
             raise web.HTTPNotFound(text=f"no device {name!r} is polled\n")
-        page = pages.device_page(name, self._status(), self.feed.values(name), points, self.feed.history,
-                                 session.csrf, _now_ms(), writes=self.section.writes, result=result, message=message)
+        page = pages.device_page(name, self._status(), self.feed, points, session.csrf, _now_ms(),
+                                 writes=self.section.writes, result=result, message=message)
         return _html(page, status)
 
     async def _log(self, request: web.Request) -> web.Response:

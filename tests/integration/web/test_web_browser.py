@@ -150,3 +150,15 @@ async def test_a_write_without_login_is_refused_and_with_login_works(
     assert "Write setpoint = 22: ok, written holding 10 <- 00DC" in await step(lambda: css(browser, ".message").text)
     assert writes(server) == [Request(6, 10, 0)]
     assert "web: write meter-1.setpoint = '22' from 127.0.0.1: ok" in gw.log()
+
+
+async def test_every_page_fits_a_phone(page: tuple[GatewayProcess, str], browser: WebDriver) -> None:
+    from tests.support.browser import PHONE, set_viewport
+
+    _, url = page
+    await step(set_viewport, browser, *PHONE)
+    await step(log_in, browser, url)
+    for path in ("/", "/devices", "/devices/meter-1", "/log"):
+        await step(browser.get, url + path)
+        width = await step(browser.execute_script, "return document.documentElement.scrollWidth")
+        assert width <= PHONE[0], f"{path} is {width} px wide on a {PHONE[0]} px phone"

@@ -53,8 +53,7 @@ def test_a_device_page_has_values_units_charts_and_says_when_a_point_has_none() 
     for i in range(30):
         errors = {1: "timeout"} if i else None
         feed.observe(Batch("a-ok", NOW - 300_000 + i * 10_000, points, [20.0 + i % 3, 7], errors))
-    html = pages.device_page("a-ok", STATUS, feed.values("a-ok"), ("temp", "flow", "never"), history, "tok", NOW,
-                             writes=False)
+    html = pages.device_page("a-ok", STATUS, feed, ("temp", "flow", "never"), "tok", NOW, writes=False)
     assert 'data-k="val.a-ok.temp">22<' in html and "degC" in html and ">timeout<" in html
     assert html.count("<svg") == 2  # temp and flow; "never" was never read
     assert "no readings yet" in html or "no readings in the last 15 minutes" in html
@@ -76,8 +75,7 @@ def test_a_point_beyond_the_history_budget_says_it_has_no_chart() -> None:
     history = History(max_bytes=3000)  # room for one point's history
     feed = Feed(history)
     feed.observe(Batch("a-ok", NOW - 20_000, PointSet(("one", "two", "text"), (None, None, None)), [1.0, 2.0, "x"]))
-    html = pages.device_page("a-ok", STATUS, feed.values("a-ok"), ("one", "two", "text"), history, "tok", NOW,
-                             writes=True)
+    html = pages.device_page("a-ok", STATUS, feed, ("one", "two", "text"), "tok", NOW, writes=True)
     assert html.count("<svg") == 1
     assert "no chart: the history is full (it keeps 2 MB at most)" in html
     assert "no chart: not a number" in html
