@@ -37,6 +37,7 @@ class Feed:
         self.history = history if history is not None else History()
         self._newest: dict[str, dict[int, Batch]] = {}  # device -> its newest batch per point set (by id)
         self._open: dict[str, tuple[int, list[Batch]]] = {}  # device -> (bucket number, its batches not folded)
+        self._keys: dict[int, tuple[Any, list[str], list[str]]] = {}  # point set id -> (it, value keys, error keys)
 
     def observe(self, batch: Batch) -> None:
         device = batch.device
@@ -63,6 +64,24 @@ class Feed:
                     out[name] = (batch.ts, Latest(batch.values[i], unit, errors.get(i), batch.ts))
         return {name: latest for name, (_, latest) in out.items()}
 
+    def live_values(self, device: str) -> dict[str, str]:
+        """The texts of ``device``'s latest values and errors, by the page's keys (``val.<device>.<point>``
+        and ``...error``): what the live stream sends once a second, so made from the newest batches
+        directly, with each point set's keys made once."""
+        out: dict[str, str] = {}
+        for batch in sorted(self._newest.get(device, {}).values(), key=_ts):
+            keys = self._keys.get(id(batch.points))
+            if keys is None or keys[0] is not batch.points:
+                if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
+                    self._keys.clear()
+                names = batch.points.names
+                keys = self._keys[id(batch.points)] = (
+                    batch.points, [f"val.{device}.{n}" for n in names], [f"val.{device}.{n}.error" for n in names])
+            out.update(zip(keys[1], map(show, batch.values), strict=True))
+            errors = batch.errors or {}
+            out.update(zip(keys[2], (errors.get(i, "") for i in range(len(keys[2]))), strict=True))
+        return out
+
     def series(self, device: str, point: str, now_ms: int) -> list[Bucket] | None:
         """The chart of ``point``: History.series after folding what is still open."""
         if device in self._open:
@@ -75,6 +94,7 @@ class Feed:
             del self._newest[name]
             self._open.pop(name, None)
             self.history.forget(name)
+        self._keys.clear()
 
     def _tracked_any(self, device: str, batch: Batch) -> bool:
         return any(self.history.tracked(device, name) for name in batch.points.names)
@@ -103,3 +123,16 @@ class Feed:
                 for value in (low,) if low == high else (low, high) if last == high else (high, low) \
                         if last == low else (low, high, last):
                     add(device, name, value, ts)
+
+
+def _ts(batch: Batch) -> int:
+    return batch.ts
+
+
+def show(value: Any) -> str:
+    """A value as the page shows it."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

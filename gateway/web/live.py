@@ -64,13 +64,17 @@ class LiveStream:
 
     async def _serve(self, request: web.Request, response: web.StreamResponse, device: str) -> None:
         transport = request.transport
+        sent = b""
         while not self._closed and transport is not None and not transport.is_closing():
             if transport.get_write_buffer_size() > self.max_unsent:
                 self._drop(request, transport, "it does not read")
                 return
+            event = self._event(device)
             try:
-                async with asyncio.timeout(WRITE_TIMEOUT):
-                    await response.write(self._event(device))
+                if event != sent:  # nothing changed on that page: nothing to send
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await response.write(event)
+                    sent = event
             except TimeoutError:
                 self._drop(request, transport, f"a write took over {WRITE_TIMEOUT:g} s")
                 return

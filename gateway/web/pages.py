@@ -14,7 +14,9 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.web.chart import svg_chart
-from gateway.web.feed import Feed, Latest
+from gateway.web.feed import Feed, Latest, show
+
+DEVICES_PAGE = "*devices"  # the live stream's name of the devices page (never a device name)
 
 
 def ago(ts_ms: int | None, now_ms: int) -> str:
@@ -24,14 +26,6 @@ def ago(ts_ms: int | None, now_ms: int) -> str:
     if seconds < 120:
         return f"{seconds} s ago"
     return f"{seconds // 60} min ago" if seconds < 7200 else f"{seconds // 3600} h ago"
-
-
-def show(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def reason(dev: Mapping[str, Any]) -> str:
@@ -67,10 +61,13 @@ def overview_fields(status: Mapping[str, Any], now_ms: int) -> dict[str, str]:
     }
 
 
-def device_fields(status: Mapping[str, Any], now_ms: int) -> dict[str, str]:
-    """Each device's live row, by key ``dev.<name>.<field>``."""
+def device_fields(status: Mapping[str, Any], now_ms: int, only: str | None = None) -> dict[str, str]:
+    """Each device's live row (or only that of device ``only``), by key ``dev.<name>.<field>``."""
     out: dict[str, str] = {}
-    for name, dev in (status.get("devices") or {}).items():
+    devices = status.get("devices") or {}
+    if only is not None:
+        devices = {only: devices[only]} if only in devices else {}
+    for name, dev in devices.items():
         counters = dev.get("counters") or {}
         out |= {
             f"dev.{name}.state": str(dev.get("state")),
@@ -80,6 +77,15 @@ def device_fields(status: Mapping[str, Any], now_ms: int) -> dict[str, str]:
             f"dev.{name}.errors": show(dev.get("errors")),
             f"dev.{name}.counters": ", ".join(f"{k} {show(v)}" for k, v in counters.items()) or "-",
         }
+    return out
+
+
+def state_fields(status: Mapping[str, Any]) -> dict[str, str]:
+    """Each device's state and reason (the overview's list), by key."""
+    out: dict[str, str] = {}
+    for name, dev in (status.get("devices") or {}).items():
+        out[f"dev.{name}.state"] = str(dev.get("state"))
+        out[f"dev.{name}.reason"] = reason(dev)
     return out
 
 
@@ -157,7 +163,7 @@ def devices_page(status: Mapping[str, Any], csrf: str, now_ms: int) -> str:
         + "".join(cell(f"dev.{n}.{k}", f) for k in ("state", "reason", "last_read", "polls", "errors", "counters"))
         + "</tr>"
         for n in failing_first(status))
-    return layout("Devices", f'<table class="grid"><tr>{head}</tr>{rows}</table>', csrf=csrf, live="")
+    return layout("Devices", f'<table class="grid"><tr>{head}</tr>{rows}</table>', csrf=csrf, live=DEVICES_PAGE)
 
 
 def device_page(name: str, status: Mapping[str, Any], feed: Feed, points: Iterable[str],

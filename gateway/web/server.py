@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -24,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config.settings import WebSection, listen_address
+from gateway.fields import NAME_PATTERN
 from gateway.web import pages
 from gateway.web.feed import Feed
 from gateway.web.guard import HostCheck, Session, Sessions, Throttle, same_origin
@@ -37,6 +39,7 @@ SESSION_COOKIE = "gw_session"
 LOGIN_COOKIE = "gw_login"  # the login form's CSRF token (double submit: cookie and field)
 ACTION_TIMEOUT = 60.0  # seconds a read now or a write may take
 STATIC = Path(__file__).with_name("static")
+NAME = re.compile(NAME_PATTERN)
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
@@ -233,12 +236,14 @@ class WebServer:
         self._need_session(request)
         return await self.live.handle(request, request.query.get("device", ""))
 
-    def _live_fields(self, device: str) -> dict[str, str]:
+    def _live_fields(self, page: str) -> dict[str, str]:
+        """What one kind of page shows live: the overview (""), the devices page, or one device's page."""
         status, now = self.backend.status(), _now_ms()
-        fields = pages.overview_fields(status, now) | pages.device_fields(status, now)
-        if device:
-            fields |= pages.value_fields(device, self.feed.values(device))
-        return fields
+        if page == "":
+            return pages.overview_fields(status, now) | pages.state_fields(status)
+        if page == pages.DEVICES_PAGE:
+            return pages.device_fields(status, now)
+        return pages.device_fields(status, now, only=page) | self.feed.live_values(page)
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -246,6 +251,8 @@ class WebServer:
         session = self._need_session(request)
         await self._form(request, session)
         name = request.match_info["name"]
+        if self.backend.points(name) is None:
+            raise web.HTTPNotFound(text=f"no device {name!r} is polled\n")
         log.info("web: read now of %s from %s", name, request.remote)
         answer = await self._on_line(name, {"cmd": "read", "device": name, "trace": True})
         if not answer.get("ok"):
@@ -264,8 +271,8 @@ class WebServer:
         answer = await self._on_line(name, request_)
         outcome = ("ok, written " + str(answer.get("written") or value) if answer.get("ok") else
                    ("refused: " if answer.get("refused") else "failed: ") + str(answer.get("error")))
-        log.log(logging.INFO if answer.get("ok") else logging.WARNING, "web: write %s.%s = %r from %s: %s",
-                name, point, value, source, outcome)
+        log.log(logging.INFO if answer.get("ok") else logging.WARNING, "web: write %s.%s = %s from %s: %s",
+                name, _shown(point), _shown(value, quote=True), source, outcome)
         status = 200 if answer.get("ok") else 403 if answer.get("refused") else 502
         return await self._device(request, message=f"Write {point} = {value}: {outcome}", status=status)
 
@@ -290,6 +297,14 @@ def _check_password(path: Path | None, password: str) -> bool:
     if path is None:
         raise ValueError("no password_file")
     return bool(password) and verify(read_hash(str(path)), password)
+
+
+def _shown(text: str | None, *, quote: bool = False, limit: int = 64) -> str:
+    """User input for a log line: a safe name as it is (quoted if ``quote``), else a short repr (no line breaks)."""
+    if text is not None and NAME.fullmatch(text):
+        return repr(text) if quote else text
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _text(value: Any) -> str | None:

@@ -44,3 +44,14 @@ def test_the_latest_value_of_each_point_comes_from_the_newest_batch_holding_it()
     feed.forget({"other"})
     assert feed.values("dev") == {} and feed.series("dev", "a", T0) is None
 
+
+
+def test_live_values_carry_each_point_and_clear_an_error_once_it_is_gone() -> None:
+    feed = Feed()
+    feed.observe(Batch("dev", T0, ALL, [None, 2, "x"], {0: "timeout"}))
+    assert feed.live_values("dev") == {"val.dev.a": "-", "val.dev.a.error": "timeout", "val.dev.b": "2",
+                                       "val.dev.b.error": "", "val.dev.label": "x", "val.dev.label.error": ""}
+    feed.observe(Batch("dev", T0 + 1000, ALL, [1 / 3, 2, "x"]))
+    feed.observe(Batch("dev", T0 + 2000, SLOW, [5]))
+    live = feed.live_values("dev")
+    assert (live["val.dev.a"], live["val.dev.a.error"], live["val.dev.b"]) == ("0.333333", "", "5")
