@@ -13,11 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from gateway.timers import sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,15 @@ class LiveStream:
             self._ticker = asyncio.create_task(self._run_ticker(), name="web-live")
 
     async def _run_ticker(self) -> None:
-        """Wake the clients once per interval with fresh events; ends when the last one left."""
+        """Wake the clients once per interval with fresh events; ends when the last one left.
+
+        The ticks fall on whole multiples of the interval on the loop's clock, where the polls of
+        devices with that interval fall too (gateway.poll.device): one wake-up serves both, and
+        waking the process is what costs most on a small board.
+        """
+        loop = asyncio.get_running_loop()
         while self.clients and not self._closed:
-            await asyncio.sleep(self.interval)
+            await sleep_until(math.floor(loop.time() / self.interval + 1) * self.interval)
             self._next_tick()
         self._next_tick()
 
