@@ -163,9 +163,25 @@ def _startup_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _web_rows(r: dict[str, Any]) -> list[Row]:
+    if "on" not in r:
+        return []
+    runs = f"median of {r['pairs']} interleaved moderate runs"
+    return [
+        ("CPU without page", f"{_f(r.get('off_cpu_us_median'))} µs/reading",
+         f"{runs}: {', '.join(_f(v) for v in r['off']['cpu_us_per_reading'])}"),
+        ("CPU with page", f"{_f(r.get('on_cpu_us_median'))} µs/reading",
+         f"one browser on a device's live page: {', '.join(_f(v) for v in r['on']['cpu_us_per_reading'])}"),
+        ("CPU increase", f"{_f(r.get('cpu_increase_percent'))} %", "target ≤ 10%"),
+        ("peak RSS without / with", f"{_mb(r.get('off_rss_median'))} / {_mb(r.get('on_rss_median'))} MiB",
+         f"+{_mb(r.get('rss_increase_bytes'))} MiB (target ≤ 10 MiB)"),
+        ("check", "OK" if r.get("ok") else "LOST", f"live events received: {r.get('page_events')}"),
+    ]
+
+
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
-    "startup": _startup_rows,
+    "startup": _startup_rows, "web": _web_rows,
 }
 
 

@@ -13,7 +13,7 @@ import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +55,10 @@ class RunSteps:
 
     @contextlib.contextmanager
     def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
-                 subscribe: bool = True, mqtt: dict[str, Any] | None = None) -> Iterator[Run]:
-        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)."""
+                 subscribe: bool = True, mqtt: dict[str, Any] | None = None,
+                 web: dict[str, Any] | None = None) -> Iterator[Run]:
+        """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False);
+        ``web``: the gateway's web section (the technician's page)."""
         workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True)
         for group in groups:
@@ -66,6 +68,8 @@ class RunSteps:
         config = bench_config(gateway_id=gateway_id, data_dir=workdir / "data", host=self.host, port=port,
                               encoding=encoding, commit_interval=self.opts.commit_interval, groups=groups,
                               mqtt=mqtt)
+        if web is not None:
+            config["web"] = web
         sub = BenchSubscriber(self.host, port, TOPIC_PREFIX, gateway_id)
         run = Run(name, GatewayProcess(workdir, config), sub, groups)
         run.result.update(_describe(groups, encoding, self.opts.commit_interval))
@@ -78,11 +82,15 @@ class RunSteps:
             run.sub.close()
 
     def steady(self, name: str, groups: list[Group], encoding: str, window: float,
-               mqtt: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Start, warm up, measure a window of ``window`` seconds, then stop and verify."""
-        with self.open_run(name, groups, encoding, mqtt=mqtt) as run:
+               mqtt: dict[str, Any] | None = None, web: dict[str, Any] | None = None,
+               before_warmup: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Start, warm up, measure a window of ``window`` seconds, then stop and verify.
+        ``before_warmup`` runs once the first reading arrived (e.g. a browser connecting to the page)."""
+        with self.open_run(name, groups, encoding, mqtt=mqtt, web=web) as run:
             ready = run.gw.start().wait_ready()
             self.wait_first(run)
+            if before_warmup is not None:
+                before_warmup()
             run.result.update(ready_s=ready, first_reading_s=run.sub.first_arrival - run.gw.spawned_at)
             self.sleep(run, "warming up", self.opts.warmup)
             run.result.update(window_figures(self.measure(run, window), sum(g.rate for g in groups)))

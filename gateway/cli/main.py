@@ -101,7 +101,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "moderate load, at most 5 s each), startup.",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all),"
+                            " or web (the page's cost: 5 interleaved moderate runs without and with it)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
@@ -185,6 +186,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_CONFIG
+    if config.web.enabled:  # a malformed password file: no one could log in
+        from gateway.web.passwd import PasswordFileError, read_hash
+
+        try:
+            read_hash(config.web.password_file or "")
+        except PasswordFileError as exc:
+            print(f"{args.config}: web.password_file: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     mqtt = config.mqtt
     print(f"{args.config}: OK (config {config.hash})")
     print(f"  gateway  {config.gateway.id}, data in {config.gateway.data_dir}")
@@ -196,6 +205,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         npoints = len(getattr(dev.options, "points", ()) or ())
         state = "" if dev.enabled else " (disabled)"
         print(f"  device   {dev.name}: {dev.driver}, {npoints} points every {dev.interval:g}s{state}")
+    web = config.web
+    if web.enabled:
+        print(f"  web      {'https' if web.tls else 'http'} on {', '.join(web.listen)}, "
+              f"writes {'on' if web.writes else 'off'}, password in {web.password_file}")
+        if web.open_addresses() and web.tls is None:
+            print(f"{args.config}: warning: web.listen: {', '.join(web.open_addresses())} is reachable from other"
+                  " machines without web.tls: the page's password crosses the network in clear", file=sys.stderr)
     return 0
 
 

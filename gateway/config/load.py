@@ -71,6 +71,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         hash=config_hash(root, devices),
         source=source,
         commands=root.commands,
+        web=root.web,
     )
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config.secrets import read_secret_file
 from gateway.fields import Duration, Name
@@ -125,6 +135,81 @@ class CommandsSection(_Strict):
     remember_ids: int = Field(default=1000, ge=1, le=10_000)
 
 
+class WebTlsSection(_Strict):
+    """The page's own certificate (HTTPS); both files are required."""
+
+    cert_file: Path
+    key_file: Path
+
+    @model_validator(mode="after")
+    def _files_readable(self) -> WebTlsSection:
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            if not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {name} {path}" + ("" if path.exists() else ": no such file"))
+        return self
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port); ValueError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not an address:port (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (listen takes addresses, not names)") from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+class WebSection(_Strict):
+    """The technician's local page (gateway.web): off unless enabled; always behind a password."""
+
+    enabled: bool = False
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"], min_length=1)
+    # a salted scrypt hash made by `gateway web passwd --file PATH`; required when enabled
+    password_file: Path | None = Field(default=None, validate_default=True)
+    host_names: list[str] = Field(default_factory=list)  # further names the page answers to (Host)
+    tls: WebTlsSection | None = None
+    writes: bool = False  # logged-in users may write writable points (the commands' allow-list)
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, listen: list[str]) -> list[str]:
+        for text in listen:
+            listen_address(text)
+        return listen
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if not info.data.get("enabled"):
+            return path
+        if path is None:
+            raise ValueError("web.password_file is required when the page is enabled (no default password):"
+                             " make one with `gateway web passwd --file PATH`")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path}" + ("" if path.exists() else ": no such file")
+                             + " (make it with `gateway web passwd --file PATH`)")
+        return path
+
+    @model_validator(mode="after")
+    def _safe(self) -> WebSection:
+        if self.enabled and self.writes and self.tls is None and self.open_addresses():
+            raise ValueError(f"writes: true needs tls on a non-loopback address ({', '.join(self.open_addresses())}):"
+                             " a password and the writes would cross the network in clear")
+        return self
+
+    def open_addresses(self) -> list[str]:
+        """The listen addresses other machines can reach (not loopback)."""
+        return [text for text in self.listen if not is_loopback(listen_address(text)[0])]
+
+
 class DeviceSection(_Strict):
     """The keys of a device entry the core owns; the rest is validated by the driver's Config."""
 
@@ -162,6 +247,7 @@ class RootSection(_Strict):
     mqtt: MqttSection
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
+    web: WebSection = WebSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
     # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
     # to this file's folder. Checked and merged by the loader.
@@ -183,3 +269,4 @@ class Config:
     # Set when this is the last good config, run because the config file was invalid: the reason.
     fallback: str | None = None
     commands: CommandsSection = field(default_factory=CommandsSection)
+    web: WebSection = field(default_factory=WebSection)

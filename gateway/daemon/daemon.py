@@ -24,6 +24,7 @@ from gateway.daemon.reload import ConfigDiff, ReloadQueue, diff
 from gateway.daemon.systemd import notify
 from gateway.daemon.watchdog import Watchdog, gateway_problem
 from gateway.driver import load_driver
+from gateway.model import Batch
 from gateway.poll.scheduler import DeviceTask, Scheduler
 from gateway.publish.clock import WallClock
 from gateway.publish.commands import Commands
@@ -63,8 +64,15 @@ class Daemon:
         clock = config.gateway.clock
         self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold,
                                chrony_port=clock.chrony_port)
+        # The technician's page (web.enabled; aiohttp is imported only then): sees every batch too.
+        self.page: Any = None
+        if config.web.enabled:
+            from gateway.daemon.webpage import Page
+
+            self.page = Page(self)
         self.scheduler = Scheduler(
-            sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
+            sink=self._to_buffer_and_page if self.page is not None else self.buffer.put,
+            on_change=self._status_changed, data_dir=self.data_dir,
             congested=lambda: self.buffer.flow.congested(publishing=self.publisher.connected),
             relief=lambda: self.buffer.flow.relief(publishing=self.publisher.connected), stamp=self.clock.stamp,
         )
@@ -93,6 +101,8 @@ class Daemon:
             if spec.enabled:
                 self.scheduler.add(spec, load_driver(spec.driver))
         await self.control.start()
+        if self.page is not None:
+            await self.page.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -126,6 +136,8 @@ class Daemon:
         notify("STOPPING=1")
         await self.watchdog.stop()
         log.info("stopping: flushing the buffer and saying goodbye to the broker")
+        if self.page is not None:
+            await self.page.close()
         deadline = time.monotonic() + STOP_BUDGET
         await self.commands.close(timeout=1.0)  # new ones are refused; a write under way may finish
         with contextlib.suppress(TimeoutError):
@@ -171,6 +183,10 @@ class Daemon:
             fh.write(str(os.getpid()))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _to_buffer_and_page(self, batch: Batch) -> None:
+        self.buffer.put(batch)
+        self.page.observe(batch)
 
     def _status_changed(self) -> None:
         self.publisher.status_changed()
@@ -251,7 +267,7 @@ class Daemon:
         await self.scheduler.swap([*change.removed, *(spec.name for spec in change.changed)], starting)
         if change.restart_pending:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
-            new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer)
+            new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer, web=self.config.web)
         if new.commands.enabled != self.config.commands.enabled:
             log.info("reload: remote commands %s", "enabled" if new.commands.enabled else "disabled")
         # The running devices are the new ones from here: config and status say so before the
