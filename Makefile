@@ -44,7 +44,7 @@ demo: $(STAMP) system-deps
 	$(BIN)/gateway demo
 
 # The technician's page of the demo, photographed in headless chromium at a laptop's and a phone's
-# width (docs/screenshots/*.png, shown in the README). Takes about a minute: the demo first
+# width (docs/screenshots/*.png, shown in the README). Takes about two minutes: the demo first
 # collects some history for the charts.
 screenshots: $(STAMP) system-deps
 	$(BIN)/python -m tests.support.screenshots docs/screenshots
