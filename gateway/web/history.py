@@ -49,6 +49,8 @@ class History:
     def add(self, device: str, point: str, value: float, ts_ms: int) -> None:
         """Count ``value``, read at ``ts_ms`` (epoch ms), into its bucket. NaN is skipped; a value
         older than the oldest bucket kept is dropped. Cheap: it runs for every reading."""
+        if value != value:  # NaN: nothing to chart (and no history started for it)
+            return
         try:
             ring = self._devices[device][point]
         except KeyError:
@@ -61,17 +63,25 @@ class History:
         """``add`` each numeric value of ``batch`` (None, text and the like have no chart)."""
         points = self._devices.get(batch.device, {})
         number = batch.ts // self.bucket_ms
+        slot = 3 * (number % self.buckets)
         count = self._count
         for name, value in zip(batch.points.names, batch.values, strict=False):
-            if value.__class__ is not float and not isinstance(value, (int, float)):
-                continue
+            if (value.__class__ is not float and not isinstance(value, (int, float))) or value != value:
+                continue  # no chart for text, None or NaN
             ring = points.get(name)
             if ring is None:
                 ring = self._start(batch.device, name)
                 if ring is None:
                     continue
                 points = self._devices[batch.device]
-            count(ring, value, number)
+            if ring[-1] == number:  # _count's common case, inline: it runs for every reading
+                if value < ring[slot]:
+                    ring[slot] = value
+                elif value > ring[slot + 1]:
+                    ring[slot + 1] = value
+                ring[slot + 2] = value
+            else:
+                count(ring, value, number)
 
     def series(self, device: str, point: str, now_ms: int | None = None) -> list[Bucket] | None:
         """The non-empty buckets of ``point``, oldest first, as (start ms, min, max, last); None if the
@@ -114,8 +124,7 @@ class History:
         return ring
 
     def _count(self, ring: array[float], value: float, number: int) -> None:
-        if value != value:  # NaN: nothing to chart
-            return
+        """Count ``value`` (not NaN) into bucket ``number`` of ``ring``."""
         newest = ring[-1]
         if number == newest:  # the common case: another value in the newest bucket (never empty)
             slot = 3 * (number % self.buckets)

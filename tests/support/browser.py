@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -32,6 +32,7 @@ FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-default-apps", "--disable-extensions", "--no-default-browser-check", "--mute-audio",
 )
+T = TypeVar("T")
 PAGE_TIMEOUT = 30.0  # s; a page that has not loaded by then fails the test instead of hanging it
 
 
@@ -118,24 +119,39 @@ class Chromium:
             self.driver = None
 
 
-class ServedApp:
-    """An aiohttp app served on 127.0.0.1 (a port of its own) from a thread of its own.
+class LoopThread:
+    """An asyncio event loop on a thread of its own, for servers that a blocking caller (selenium's
+    calls block) must not starve: ``run(coro)`` runs a coroutine there and returns its result."""
 
-    Selenium's calls block: a server in the test's own event loop would never answer the browser.
+    def __init__(self, name: str = "test-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class ServedApp:
+    """An aiohttp app served on 127.0.0.1 (a port of its own) from a LoopThread.
+
     ``url`` is the base address, e.g. ``http://127.0.0.1:41234``.
     """
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="served-app", daemon=True)
+        self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
 
     def start(self) -> ServedApp:
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        self.url = f"http://127.0.0.1:{port}"
+        self._thread = LoopThread("served-app")
+        self.url = f"http://127.0.0.1:{self._thread.run(self._start())}"
         return self
 
     async def _start(self) -> int:
@@ -148,11 +164,11 @@ class ServedApp:
         return int(self._runner.addresses[0][1])
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+            self._thread.run(self._runner.cleanup())
+        self._thread.stop()
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ def test_an_unreadable_file_says_why(tmp_path: Path) -> None:
     ("", "not one line scrypt"),
     (f"scrypt$16384$8$1${SECRET}$aGFzaGhhc2hoYXNoaGFzaA==", "not one line scrypt"),
     (f"bcrypt$16384$8$1$c2FsdHNhbHQ=${SECRET}", "not one line scrypt"),
-    (f"{hash_password(SECRET)}\n{SECRET}", "not one line scrypt"),
+    (f"scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA==\n{SECRET}", "not one line scrypt"),
     (f"scrypt$1000$8$1$c2FsdHNhbHRz$aGFzaGhhc2hoYXNoaGFzaA==#{SECRET}", "not one line scrypt"),
     ("scrypt$1000$8$1$c2FsdHNhbHRz$aGFzaGhhc2hoYXNoaGFzaA==", "cost out of bounds"),
     ("scrypt$1073741824$8$1$c2FsdHNhbHRz$aGFzaGhhc2hoYXNoaGFzaA==", "cost out of bounds"),
@@ -83,7 +83,8 @@ def test_an_unreadable_file_says_why(tmp_path: Path) -> None:
     ("scrypt$16384$8$1$c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA==", "salt or hash too short"),
     (f"{SECRET} ☃", "not one line scrypt"),
     ("x" * (MAX_LINE + 1), "longer than 512 bytes"),
-])
+], ids=["plain", "empty", "bad-base64", "other-scheme", "two-lines", "trailing", "n-not-power-of-2", "n-huge",
+        "memory-huge", "short-salt", "not-ascii", "too-long"])
 def test_a_malformed_file_is_named_without_its_content(tmp_path: Path, content: str, reason: str) -> None:
     (tmp_path / "web.passwd").write_text(content)
     with pytest.raises(PasswordFileError) as err:
