@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration system-deps clean wheelhouse
+.PHONY: demo test lint unit integration system-deps clean wheelhouse screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -42,6 +42,12 @@ system-deps:
 
 demo: $(STAMP) system-deps
 	$(BIN)/gateway demo
+
+# The technician's page of the demo, photographed in headless chromium at a laptop's and a phone's
+# width (docs/screenshots/*.png, shown in the README). Takes about two minutes: the demo first
+# collects some history for the charts.
+screenshots: $(STAMP) system-deps
+	$(BIN)/python -m tests.support.screenshots docs/screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway drivers tests

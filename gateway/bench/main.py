@@ -10,7 +10,8 @@ Modbus server answering with an exception), the buffer drains, and what arrived 
 against what was produced (each device's last committed seq): a reading missing by seq, or
 evicted by the buffer, fails the bench.
 
-Scenarios: load, saturation, moderate, modbus, drain, wire, startup, failover (see ``SCENARIOS``).
+Scenarios: load, saturation, moderate, modbus, drain, wire, startup, failover (see ``SCENARIOS``); web
+(the technician page's cost, gateway.bench.page) only when named.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gateway.bench.steps import RunSteps
 
 FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
 SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup", "failover")
+ON_REQUEST = ("web",)  # run only when named (web: ten moderate runs, about 3 minutes)
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
@@ -132,6 +134,12 @@ class Bench(RunSteps):
         return self.steady("saturation", [self.load_group(SATURATION_FACTOR)], self.opts.encoding,
                             self.opts.duration)
 
+    def scenario_web(self) -> dict[str, Any]:
+        """The moderate load without and with the technician's page (one browser connected)."""
+        from gateway.bench.page import scenario_web
+
+        return scenario_web(self)
+
     def scenario_moderate(self) -> dict[str, Any]:
         """--devices x --points every second: CPU with all fixed costs, RSS, latency, disk bytes."""
         return self.steady("moderate", [self.moderate_group()], self.opts.encoding, self.opts.duration)
@@ -229,9 +237,10 @@ def _options_doc(opts: BenchOptions) -> dict[str, Any]:
 def options_from_args(args: Any) -> BenchOptions:
     """BenchOptions from the `gateway bench` arguments; ValueError naming a bad one."""
     names = SCENARIOS if args.scenario.strip() == "all" else tuple(s.strip() for s in args.scenario.split(","))
-    unknown = [s for s in names if s not in SCENARIOS]
+    unknown = [s for s in names if s not in SCENARIOS + ON_REQUEST]
     if unknown or not names:
-        raise ValueError(f"--scenario: unknown {unknown or names!r}; use all or a comma list of {', '.join(SCENARIOS)}")
+        raise ValueError(f"--scenario: unknown {unknown or names!r}; use all or a comma list of"
+                         f" {', '.join(SCENARIOS + ON_REQUEST)}")
     signals = tuple(s.strip() for s in args.signals.split(","))
     if not signals or any(s not in SIGNALS for s in signals):
         raise ValueError(f"--signals: {args.signals!r}; use a comma list of {', '.join(SIGNALS)}")

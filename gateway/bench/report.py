@@ -181,9 +181,28 @@ def _failover_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _web_rows(r: dict[str, Any]) -> list[Row]:
+    if "on" not in r:
+        return []
+    off, on = r["off"], r["on"]
+    return [
+        ("CPU without page", f"{_f(r.get('off_cpu_us_per_reading_median'))} µs/reading",
+         f"median of {r['pairs']} interleaved moderate runs: {', '.join(map(_f, off['cpu_us_per_reading']))}"),
+        ("CPU with page", f"{_f(r.get('on_cpu_us_per_reading_median'))} µs/reading",
+         f"one browser on a device's live page: {', '.join(map(_f, on['cpu_us_per_reading']))}"),
+        ("CPU increase", f"{_f(r.get('cpu_increase_percent'))} %", "target ≤ 10%"),
+        ("RSS without / with", f"{_mb(r.get('off_rss_bytes_median'))} / {_mb(r.get('on_rss_bytes_median'))} MiB",
+         f"+{_mb(r.get('rss_bytes_increase'))} MiB at the window's end (target ≤ 10 MiB)"),
+        ("peak RSS without / with",
+         f"{_mb(r.get('off_peak_rss_bytes_median'))} / {_mb(r.get('on_peak_rss_bytes_median'))} MiB",
+         f"+{_mb(r.get('peak_rss_bytes_increase'))} MiB (the login's scrypt holds 16 MiB for a moment)"),
+        ("check", "OK" if r.get("ok") else "LOST", f"live events received: {r.get('page_events')}"),
+    ]
+
+
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
-    "startup": _startup_rows, "failover": _failover_rows,
+    "startup": _startup_rows, "failover": _failover_rows, "web": _web_rows,
 }
 
 

@@ -56,9 +56,11 @@ class RunSteps:
     @contextlib.contextmanager
     def open_run(self, name: str, groups: list[Group], encoding: str, *, port: int | None = None,
                  subscribe: bool = True, mqtt: dict[str, Any] | None = None,
-                 sub_on: list[tuple[str, int]] | None = None) -> Iterator[Run]:
+                 sub_on: list[tuple[str, int]] | None = None,
+                 web: dict[str, Any] | None = None) -> Iterator[Run]:
         """A gateway (not started) for ``groups`` and a subscriber (started unless ``subscribe`` is False)
-        on the bench's broker, or on every broker of ``sub_on``."""
+        on the bench's broker, or on every broker of ``sub_on``; ``web``: the gateway's web section
+        (the technician's page)."""
         workdir = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
         workdir.mkdir(parents=True)
         for group in groups:
@@ -70,6 +72,8 @@ class RunSteps:
                               mqtt=mqtt)
         (sub_host, sub_port), *also = sub_on or [(self.host, port)]
         sub = BenchSubscriber(sub_host, sub_port, TOPIC_PREFIX, gateway_id, also=tuple(also))
+        if web is not None:
+            config["web"] = web
         run = Run(name, GatewayProcess(workdir, config), sub, groups)
         run.result.update(_describe(groups, encoding, self.opts.commit_interval))
         try:

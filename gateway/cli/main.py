@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check, status, demo, bench, version."""
+"""The `gateway` command: run, check, status, demo, bench, web, version."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 EXIT_BAD_CONFIG = 2
 # Commands that use no driver's technician tools: for them the parser is built without importing
 # every installed driver (which ``gateway run`` would otherwise pay for at each start).
-PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version", "fleet")
+PLAIN_COMMANDS = ("run", "check", "status", "demo", "bench", "version", "fleet", "web")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     from gateway.cli.fleet import add_fleet_command
 
     add_fleet_command(sub, _config_arg, _duration)
+    from gateway.cli.webcmd import add_web_commands
+
+    add_web_commands(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -102,7 +105,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "is on is killed: a three-node NATS cluster, or two Mosquittos without nats-server).",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover (default: all),"
+                            " or web (the page's cost: 5 interleaved moderate runs without and with it)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
@@ -187,6 +191,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_BAD_CONFIG
+    if config.web.enabled:  # a malformed password file: no one could log in
+        from gateway.web.passwd import PasswordFileError, read_hash
+
+        try:
+            read_hash(config.web.password_file or "")
+        except PasswordFileError as exc:
+            print(f"{args.config}: web.password_file: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     mqtt = config.mqtt
     print(f"{args.config}: OK (config {config.hash})")
     if config.fleet.enabled:
@@ -203,6 +215,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         npoints = len(getattr(dev.options, "points", ()) or ())
         state = "" if dev.enabled else " (disabled)"
         print(f"  device   {dev.name}: {dev.driver}, {npoints} points every {dev.interval:g}s{state}")
+    web = config.web
+    if web.enabled:
+        print(f"  web      {'https' if web.tls else 'http'} on {', '.join(web.listen)}, "
+              f"writes {'on' if web.writes else 'off'}, password in {web.password_file}")
+        if web.open_addresses() and web.tls is None:
+            print(f"{args.config}: warning: web.listen: {', '.join(web.open_addresses())} is reachable from other"
+                  " machines without web.tls: the page's password crosses the network in clear", file=sys.stderr)
     return 0
 
 

@@ -72,6 +72,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         source=source,
         commands=root.commands,
         fleet=root.fleet,
+        web=root.web,
     )
 
 

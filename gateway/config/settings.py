@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.config.secrets import read_secret_file
+from gateway.config.servers import ServerAddress, parse_server
 from gateway.fields import Duration, Name, parse_duration
 
 TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
@@ -74,52 +75,6 @@ class BatchSection(_Strict):
     max_bytes: int = Field(default=256 * 1024, ge=256)
     # wait up to this long for a device's message to fill before sending it part full (0: never wait)
     linger: Duration = 0.0
-
-
-_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
-_SERVER = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[^:]*))?$")
-
-
-@dataclass(frozen=True, slots=True)
-class ServerAddress:
-    """One broker node: a host name or IP literal and a port. ``str()`` is ``host:port``
-    (``[v6]:port`` for an IPv6 literal), the form the log and the status use."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_server(text: str, default_port: int) -> ServerAddress:
-    """``host:port``, ``host`` (``default_port``), ``[v6]:port``/``[v6]`` or an IPv4 literal; ValueError
-    saying what is wrong with ``text`` otherwise."""
-    text = text.strip()
-    match = _SERVER.fullmatch(text)
-    if match is None:
-        if text.count(":") > 1 and "[" not in text:
-            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. [fd00::7]:8883")
-        raise ValueError(f"{text!r} is not host:port, host or [IPv6]:port")
-    port = default_port
-    if match["port"] is not None:
-        if not match["port"].isdigit() or not 1 <= int(match["port"]) <= 65535:
-            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
-        port = int(match["port"])
-    if match["v6"] is not None:
-        try:
-            return ServerAddress(str(ipaddress.IPv6Address(match["v6"])), port)
-        except ValueError:
-            raise ValueError(f"{text!r}: {match['v6']!r} in brackets is not an IPv6 address") from None
-    host = match["host"]
-    if re.fullmatch(r"[0-9.]+", host):  # all digits and dots: meant as an IPv4 address
-        try:
-            return ServerAddress(str(ipaddress.IPv4Address(host)), port)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv4 address") from None
-    if not _HOST_NAME.fullmatch(host):
-        raise ValueError(f"{text!r}: {host!r} is not a host name (letters, digits, '-' and '.')")
-    return ServerAddress(host, port)
 
 
 def _server_entry(value: str) -> str:
@@ -268,6 +223,81 @@ class FleetSection(_Strict):
         return self
 
 
+class WebTlsSection(_Strict):
+    """The page's own certificate (HTTPS); both files are required."""
+
+    cert_file: Path
+    key_file: Path
+
+    @model_validator(mode="after")
+    def _files_readable(self) -> WebTlsSection:
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            if not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {name} {path}" + ("" if path.exists() else ": no such file"))
+        return self
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port); ValueError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not an address:port (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (listen takes addresses, not names)") from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+class WebSection(_Strict):
+    """The technician's local page (gateway.web): off unless enabled; always behind a password."""
+
+    enabled: bool = False
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"], min_length=1)
+    # a salted scrypt hash made by `gateway web passwd --file PATH`; required when enabled
+    password_file: Path | None = Field(default=None, validate_default=True)
+    host_names: list[str] = Field(default_factory=list)  # further names the page answers to (Host)
+    tls: WebTlsSection | None = None
+    writes: bool = False  # logged-in users may write writable points (the commands' allow-list)
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, listen: list[str]) -> list[str]:
+        for text in listen:
+            listen_address(text)
+        return listen
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if not info.data.get("enabled"):
+            return path
+        if path is None:
+            raise ValueError("web.password_file is required when the page is enabled (no default password):"
+                             " make one with `gateway web passwd --file PATH`")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path}" + ("" if path.exists() else ": no such file")
+                             + " (make it with `gateway web passwd --file PATH`)")
+        return path
+
+    @model_validator(mode="after")
+    def _safe(self) -> WebSection:
+        if self.enabled and self.writes and self.tls is None and self.open_addresses():
+            raise ValueError(f"writes: true needs tls on a non-loopback address ({', '.join(self.open_addresses())}):"
+                             " a password and the writes would cross the network in clear")
+        return self
+
+    def open_addresses(self) -> list[str]:
+        """The listen addresses other machines can reach (not loopback)."""
+        return [text for text in self.listen if not is_loopback(listen_address(text)[0])]
+
+
 class DeviceSection(_Strict):
     """The keys of a device entry the core owns; the rest is validated by the driver's Config."""
 
@@ -306,6 +336,7 @@ class RootSection(_Strict):
     buffer: BufferSection = BufferSection()
     commands: CommandsSection = CommandsSection()
     fleet: FleetSection = FleetSection()
+    web: WebSection = WebSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
     # Further files holding more `devices:` (e.g. conf.d/*.yaml, one per cabinet or bus), relative
     # to this file's folder. Checked and merged by the loader.
@@ -328,3 +359,4 @@ class Config:
     fallback: str | None = None
     commands: CommandsSection = field(default_factory=CommandsSection)
     fleet: FleetSection = field(default_factory=FleetSection)
+    web: WebSection = field(default_factory=WebSection)

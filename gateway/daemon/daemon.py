@@ -21,9 +21,11 @@ from gateway.config.settings import Config
 from gateway.control import SOCKET_NAME
 from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigDiff, ReloadQueue, diff
+from gateway.daemon.statusdoc import status_document
 from gateway.daemon.systemd import notify
 from gateway.daemon.watchdog import Watchdog, gateway_problem
 from gateway.driver import load_driver
+from gateway.model import Batch
 from gateway.poll.scheduler import DeviceTask, Scheduler
 from gateway.publish.clock import WallClock
 from gateway.publish.commands import Commands
@@ -67,8 +69,15 @@ class Daemon:
         clock = config.gateway.clock
         self.clock = WallClock(clock.check, synced_file=clock.synced_file, hold=clock.hold,
                                chrony_port=clock.chrony_port)
+        # The technician's page (web.enabled; aiohttp is imported only then): sees every batch too.
+        self.page: Any = None
+        if config.web.enabled:
+            from gateway.daemon.webpage import Page
+
+            self.page = Page(self)
         self.scheduler = Scheduler(
-            sink=self.buffer.put, on_change=self._status_changed, data_dir=self.data_dir,
+            sink=self._to_buffer_and_page if self.page is not None else self.buffer.put,
+            on_change=self._status_changed, data_dir=self.data_dir,
             congested=lambda: self.buffer.flow.congested(publishing=self.publisher.connected),
             relief=lambda: self.buffer.flow.relief(publishing=self.publisher.connected), stamp=self.clock.stamp,
         )
@@ -106,6 +115,8 @@ class Daemon:
             if spec.enabled:
                 self.scheduler.add(spec, load_driver(spec.driver))
         await self.control.start()
+        if self.page is not None:
+            await self.page.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -139,6 +150,8 @@ class Daemon:
         notify("STOPPING=1")
         await self.watchdog.stop()
         log.info("stopping: flushing the buffer and saying goodbye to the broker")
+        if self.page is not None:
+            await self.page.close()
         deadline = time.monotonic() + STOP_BUDGET
         await self.commands.close(timeout=1.0)  # new ones are refused; a write under way may finish
         with contextlib.suppress(TimeoutError):
@@ -184,6 +197,10 @@ class Daemon:
             fh.write(str(os.getpid()))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _to_buffer_and_page(self, batch: Batch) -> None:
+        self.buffer.put(batch)
+        self.page.observe(batch)
 
     def _status_changed(self) -> None:
         self.publisher.status_changed()
@@ -279,9 +296,11 @@ class Daemon:
             self._status_changed()
             return False
         await self.scheduler.swap([*change.removed, *(spec.name for spec in change.changed)], starting)
+        if self.page is not None:
+            self.page.forget_removed()
         if change.restart_pending:
             log.warning("reload: changes to %s take effect at the next restart", ", ".join(change.restart_pending))
-            new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer)
+            new = replace(new, gateway=self.config.gateway, buffer=self.config.buffer, web=self.config.web)
         if new.commands.enabled != self.config.commands.enabled:
             log.info("reload: remote commands %s", "enabled" if new.commands.enabled else "disabled")
         # The running devices are the new ones from here: config and status say so before the
@@ -324,59 +343,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The status document (schema 1), as published on the retained status topic."""
-        stats = self.buffer.stats()
-        return {
-            "schema": 1,
-            "state": "online",
-            "version": __version__,
-            "ts": int(time.time() * 1000),
-            "started_ts": self.started_ts,
-            "clean_start": self.clean_start,
-            "config_hash": self.config.hash,
-            "clock": {"synced": self.clock.synced(), "check": self.clock.check},
-            "config": {
-                "path": str(self.config.path),
-                "fallback": self.config.fallback,
-                "reload_error": self.reload_error,
-                "restart_pending": self.restart_pending,
-                "source": self.fleet.source if self.fleet is not None else "local",
-                "fleet_version": self.fleet.version if self.fleet is not None else None,
-            },
-            "buffer": {
-                "state": stats.state,
-                "reason": stats.reason,
-                "pending": stats.pending,
-                "evicted": stats.evicted,
-                "bytes": stats.bytes,
-                "recovered_corrupt": stats.recovered_corrupt,
-                "quarantined": stats.quarantined,
-            },
-            "broker": {
-                "connected": self.publisher.connected,
-                "last_error": self.publisher.last_error,
-                "messages_sent": self.publisher.messages_sent,
-                "readings_sent": self.publisher.readings_sent,
-                "connects": self.publisher.connects,
-                "server": self.publisher.server,
-                "failovers": self.publisher.failovers,
-                "servers": self.publisher.servers,
-            },
-            "devices": self._device_status(),
-            "commands": {
-                "enabled": self.config.commands.enabled,
-                "subscribed": self.publisher.commands_subscribed,
-                **self.commands.counters,
-            },
-        }
-
-    def _device_status(self) -> dict[str, dict[str, Any]]:
-        devices = self.scheduler.health()
-        for name, entry in devices.items():
-            entry["seq"] = self.buffer.next_seq(name) - 1  # the last number given to a committed reading
-            counters = getattr(self.scheduler.tasks[name].driver, "counters", None)
-            if counters:
-                entry["counters"] = dict(counters)
-        return devices
+        return status_document(self)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")

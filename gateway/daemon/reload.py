@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[bool]]
 """One config change: applies it whole or not at all, returns True when applied."""
 
-RESTART_SECTIONS = ("gateway", "buffer")  # take effect only at the next start
+RESTART_SECTIONS = ("gateway", "buffer", "web")  # take effect only at the next start
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """The integration tests' shared fixtures: subscribers to the test broker (``mosquitto``, from
 tests/conftest.py, is shared with the unit tests), a serial line, Modbus test servers, gateway
-processes and publishers.
+processes, publishers and a browser.
 
 A fixture used by one test file alone stays in that file.
 """
@@ -11,16 +11,21 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway.config.settings import MqttSection
 from gateway.publish.publisher import Publisher
 from tests.support.broker import TEST_GATEWAY_ID, Mosquitto, StartPublisher, Subscriber
+from tests.support.browser import CHROMEDRIVER, CHROMIUM, Chromium
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.modbus_server import ModbusTestServer, StartModbus
+from tests.support.needs import require_tool
 from tests.support.serial_pty import SerialPty
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 
 @pytest.fixture
@@ -100,3 +105,24 @@ async def start_publisher() -> AsyncIterator[StartPublisher]:
         await pub.stop(timeout=2.0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def _chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """The one chromium of this test worker (started by the first test that asks for ``browser``)."""
+    chromium = require_tool(*CHROMIUM)
+    chromedriver = require_tool(*CHROMEDRIVER)
+    held = Chromium(chromium, chromedriver, tmp_path_factory.mktemp("chromium"))
+    yield held
+    held.quit()
+
+
+@pytest.fixture
+def browser(_chromium: Chromium) -> Iterator[WebDriver]:
+    """A headless Debian chromium driven by selenium (tests/support/browser.py), as new: one blank
+    tab, no cookies, a laptop-sized window; fails under CI when chromium or chromedriver is missing.
+    At the end its page is left (``about:blank``), so the page's streams close before its server stops."""
+    try:
+        yield _chromium.ready()
+    finally:
+        _chromium.leave()

@@ -14,7 +14,7 @@ import pytest
 from tests.support import REPO
 
 GATEWAY = REPO / "gateway"
-STAGES = ("config", "poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet")
+STAGES = ("config", "poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet", "web")
 SHARED = "shared"  # gateway's own top-level modules: model, driver, fields, timers, atomic, control
 LONG_MODULE = 400  # lines; a longer module says in its docstring why it is one module
 WHY_ONE_MODULE = "One module:"
@@ -73,13 +73,14 @@ def test_the_core_never_imports_a_driver() -> None:
 
 
 @pytest.mark.parametrize(("stage", "forbidden"), [
-    ("poll", {"buffer", "publish", "daemon", "cli", "bench", "fleet"}),
-    ("buffer", {"poll", "publish", "daemon", "cli", "bench", "fleet"}),
-    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench", "fleet"}),
-    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet"}),
-    ("publish", {"poll", "daemon", "cli", "bench", "fleet"}),
+    ("poll", {"buffer", "publish", "daemon", "cli", "bench", "fleet", "web"}),
+    ("buffer", {"poll", "publish", "daemon", "cli", "bench", "fleet", "web"}),
+    ("wire", {"poll", "buffer", "publish", "daemon", "cli", "bench", "fleet", "web"}),
+    ("config", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet", "web"}),
+    ("publish", {"poll", "daemon", "cli", "bench", "fleet", "web"}),
     # the fleet judges requests and keeps its files: it needs the config and the shared modules only
-    ("fleet", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench"}),
+    ("fleet", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "web"}),
+    ("web", {"poll", "buffer", "publish", "wire", "daemon", "cli", "bench", "fleet"}),  # the daemon hands it callables
     (SHARED, {*STAGES}),
 ])
 def test_data_flows_one_way(stage: str, forbidden: set[str]) -> None:
@@ -96,6 +97,11 @@ def test_only_the_cli_imports_the_daemon_or_the_bench_and_nothing_imports_the_cl
 def test_only_the_daemon_and_the_cli_import_the_fleet() -> None:
     """The fleet (and with it cryptography) is the daemon's, when fleet.enabled, and the CLI's tools."""
     assert [(a, b) for a, b, u in edges() if u == "fleet" and unit(a) not in ("fleet", "daemon", "cli")] == []
+def test_only_the_daemon_and_the_cli_import_the_page() -> None:
+    """The page (and aiohttp) is loaded only when ``web.enabled``: by the daemon that starts it, or
+    by the cli's ``gateway web`` commands."""
+    wrong = [(a, b) for a, b, u in edges() if u == "web" and unit(a) not in ("web", "daemon", "cli")]
+    assert wrong == []
 
 
 def test_no_import_cycle_between_packages() -> None:

@@ -49,7 +49,7 @@ def test_read_help_has_the_drivers_direct_connection_arguments(capsys: pytest.Ca
 
 def test_gateway_help_lists_the_tools_in_their_place(capsys: pytest.CaptureFixture[str]) -> None:
     listed = [line.split()[0] for line in _help(capsys).splitlines() if line[:4] == "    " and line[4:5] != " "]
-    assert listed == ["run", "check", "status", "demo", "bench", "read", "scan", "write", "fleet", "version"]
+    assert listed == ["run", "check", "status", "demo", "bench", "read", "scan", "write", "fleet", "web", "version"]
 
 
 @pytest.mark.parametrize("argv", [["run"], ["--log-level", "DEBUG", "check", "-c", "x.yaml"], ["version"]])

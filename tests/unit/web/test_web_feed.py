@@ -1,0 +1,57 @@
+"""The feed: each point's latest value, and the history folded per bucket (min, max, last) as History would keep it."""
+
+from __future__ import annotations
+
+import random
+
+from gateway.model import Batch, PointSet
+from gateway.web.feed import Feed
+from gateway.web.history import History
+
+T0 = 1_700_000_000_000  # a bucket start (10 s buckets)
+ALL = PointSet(("a", "b", "label"), ("m", None, None))
+SLOW = PointSet(("b",), (None,))
+
+
+def test_folded_buckets_equal_one_history_update_per_reading() -> None:
+    rng = random.Random(7)
+    feed, direct = Feed(History()), History()
+    for k in range(95):  # 95 polls at 333 ms: 4 buckets, the last one still open
+        values = [rng.uniform(-5, 5), rng.randint(0, 9), "text"]
+        errors = None
+        if k % 7 == 3:
+            values[0], errors = None, {0: "timeout"}
+        batch = Batch("dev", T0 + k * 333, ALL, values, errors)
+        feed.observe(batch)
+        for name, value in zip(ALL.names, values, strict=True):
+            if isinstance(value, int | float):
+                direct.add("dev", name, float(value), batch.ts)
+    now = T0 + 95 * 333
+    for point in ("a", "b"):
+        assert feed.series("dev", point, now) == direct.series("dev", point, now)
+    assert feed.series("dev", "label", now) is None  # text has no chart
+
+
+def test_the_latest_value_of_each_point_comes_from_the_newest_batch_holding_it() -> None:
+    feed = Feed()
+    feed.observe(Batch("dev", T0, ALL, [1.5, 2, "x"], None))
+    feed.observe(Batch("dev", T0 + 1000, SLOW, [7], {0: "stale"}))
+    feed.observe(Batch("dev", T0 + 2000, ALL, [None, 3, "y"], {0: "timeout"}))
+    values = feed.values("dev")
+    assert (values["a"].value, values["a"].error, values["a"].unit) == (None, "timeout", "m")
+    assert (values["b"].value, values["b"].ts) == (3, T0 + 2000)
+    assert values["label"].value == "y"
+    feed.forget({"other"})
+    assert feed.values("dev") == {} and feed.series("dev", "a", T0) is None
+
+
+
+def test_live_values_carry_each_point_and_clear_an_error_once_it_is_gone() -> None:
+    feed = Feed()
+    feed.observe(Batch("dev", T0, ALL, [None, 2, "x"], {0: "timeout"}))
+    assert feed.live_values("dev") == {"val.dev.a": "-", "val.dev.a.error": "timeout", "val.dev.b": "2",
+                                       "val.dev.b.error": "", "val.dev.label": "x", "val.dev.label.error": ""}
+    feed.observe(Batch("dev", T0 + 1000, ALL, [1 / 3, 2, "x"]))
+    feed.observe(Batch("dev", T0 + 2000, SLOW, [5]))
+    live = feed.live_values("dev")
+    assert (live["val.dev.a"], live["val.dev.a.error"], live["val.dev.b"]) == ("0.333333", "", "5")
