@@ -95,10 +95,12 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "the same polls with no gateway, for the floor), "
                     "drain (a backlog built at the load's rate with the broker away, drained while the "
                     "moderate load polls on), wire (cbor and json at the "
-                    "moderate load, at most 5 s each), startup.",
+                    "moderate load, at most 5 s each), startup, many (1,000 devices x 1 point and 100 x 10, "
+                    "every second, whatever --devices and --points).",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup (default: all)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,many"
+                            " (default: all)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,
