@@ -71,9 +71,9 @@ class Deadlines:
             return
         key = round(deadline * 1e6)
         waiters = self._waiting.get(key)
-        if waiters is None:
+        if waiters is None or waiters[0].get_loop() is not loop:  # (an entry left by a loop closed before it fired)
             waiters = self._waiting[key] = []
-            loop.call_at(deadline, self._fire, key)
+            loop.call_at(deadline, self._fire, key, waiters)
         woken = loop.create_future()
         waiters.append(woken)
         await woken
@@ -82,8 +82,10 @@ class Deadlines:
         """Deadlines with a timer pending (each one timer, however many wait for it)."""
         return len(self._waiting)
 
-    def _fire(self, key: int) -> None:
-        for woken in self._waiting.pop(key, ()):
+    def _fire(self, key: int, waiters: list[asyncio.Future[None]]) -> None:
+        if self._waiting.get(key) is waiters:
+            del self._waiting[key]
+        for woken in waiters:
             if not woken.done():
                 woken.set_result(None)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 
 import pytest
 
@@ -197,3 +198,23 @@ async def test_different_deadlines_keep_their_own_timers_and_order() -> None:
     assert woke == [2, 1, 0]
     await deadlines.sleep_until(now - 1.0)  # a deadline gone by returns at the next pass, no timer
     assert deadlines.waiting() == 0
+
+
+def test_a_deadline_left_pending_by_a_closed_loop_does_not_hold_up_the_next_loop() -> None:
+    """A scheduler outliving its event loop (a loop closed mid-sleep): the next loop's sleepers for the
+    same instant get a timer of their own instead of joining one that will never fire."""
+    deadlines = Deadlines()
+    at = time.monotonic() + 0.2  # the event loop's clock is the monotonic clock
+
+    async def leave_a_sleeper() -> None:
+        asyncio.get_running_loop().create_task(deadlines.sleep_until(at))
+        await asyncio.sleep(0)  # asyncio.run cancels it at the end; its timer never fires
+
+    asyncio.run(leave_a_sleeper())
+    assert deadlines.waiting() == 1
+
+    async def sleep_to_it() -> float:
+        await asyncio.wait_for(deadlines.sleep_until(at), 5.0)
+        return asyncio.get_running_loop().time()
+
+    assert asyncio.run(sleep_to_it()) >= at
