@@ -1,8 +1,13 @@
-"""Timers of the event loop used on hot paths: ``sleep_until`` and ``SharedTimeout``.
+"""Timers of the event loop used on hot paths: ``sleep_until``, ``Deadlines`` and ``SharedTimeout``.
 
 ``sleep_until(deadline)``: a sleep due at exactly ``deadline`` of the loop's (monotonic) clock, so
 tasks waiting for the same instant (polls on one grid, commits, paho's housekeeping on whole
 seconds) are woken in one pass of the loop.
+
+``Deadlines``: ``sleep_until`` for many tasks sleeping until the same instants (the device tasks of
+one interval, on its grid): one timer per deadline, not one per task. Each asyncio timer is an object
+in the event loop's heap, pushed and popped with Python-level comparisons (about 20 for 1,000
+timers); with a thousand one-point devices that was a large share of a poll.
 
 ``SharedTimeout``: ``asyncio.timeout(limit)`` for many waits of one limit, with one timer. Each
 ``asyncio.timeout`` schedules a timer and cancels it when the block ends early, and a cancelled
@@ -42,6 +47,47 @@ async def sleep_until(deadline: float) -> None:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class Deadlines:
+    """``await deadlines.sleep_until(t)``: as ``sleep_until``, with one timer for all the tasks
+    waiting for the same ``t`` (to the microsecond: a grid's points reached by different sums of
+    its interval differ in the last bits of the float).
+
+    Each waiter has its own future (cancelling one task cancels only its own wait); a cancelled
+    waiter's future stays in the list until its deadline, which then skips it.
+    """
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}  # by deadline in µs
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until the event loop's clock reads ``deadline``."""
+        loop = asyncio.get_running_loop()
+        if deadline <= loop.time():
+            await asyncio.sleep(0)
+            return
+        key = round(deadline * 1e6)
+        waiters = self._waiting.get(key)
+        if waiters is None or waiters[0].get_loop() is not loop:  # (an entry left by a loop closed before it fired)
+            waiters = self._waiting[key] = []
+            loop.call_at(deadline, self._fire, key, waiters)
+        woken = loop.create_future()
+        waiters.append(woken)
+        await woken
+
+    def waiting(self) -> int:
+        """Deadlines with a timer pending (each one timer, however many wait for it)."""
+        return len(self._waiting)
+
+    def _fire(self, key: int, waiters: list[asyncio.Future[None]]) -> None:
+        if self._waiting.get(key) is waiters:
+            del self._waiting[key]
+        for woken in waiters:
+            if not woken.done():
+                woken.set_result(None)
 
 
 class SharedTimeout:

@@ -10,8 +10,8 @@ Modbus server answering with an exception), the buffer drains, and what arrived 
 against what was produced (each device's last committed seq): a reading missing by seq, or
 evicted by the buffer, fails the bench.
 
-Scenarios: load, saturation, moderate, modbus, drain, wire, startup, failover (see ``SCENARIOS``); web
-(the technician page's cost, gateway.bench.page) only when named.
+Scenarios: load, saturation, moderate, modbus, drain, wire, startup, failover, many (see ``SCENARIOS``);
+web (the technician page's cost, gateway.bench.page) only when named.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from gateway.bench.run import LOOPBACK, BenchError, private_broker
 from gateway.bench.steps import RunSteps
 
 FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
-SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup", "failover")
+SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup", "failover", "many")
 ON_REQUEST = ("web",)  # run only when named (web: ten moderate runs, about 3 minutes)
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second
 SATURATION_FACTOR = 4  # the saturation scenario offers this many times the load scenario
 WIRE_WINDOW = 5.0  # seconds measured per encoding in the wire scenario, at most
 METERED_LINGER = 3.0  # seconds the wire scenario's metered runs let a message fill
+# The many scenario: many small devices every second, whatever --devices and --points (devices, points).
+MANY_SHAPES = ((1000, 1), (100, 10))
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,17 @@ class Bench(RunSteps):
             run = self.steady(f"wire-{name}", [sensors], "packed", max(window, 2 * METERED_LINGER),
                                mqtt={"compress": compress, "batch": {"linger": METERED_LINGER}})
             out[name] = run
+            out["ok"] = out["ok"] and run["ok"]
+        return out
+
+    def scenario_many(self) -> dict[str, Any]:
+        """Many small devices every second (MANY_SHAPES), default settings: what a device's poll costs."""
+        out: dict[str, Any] = {"ok": True}
+        for devices, points in MANY_SHAPES:
+            group = DeviceGroup("dev", devices, points, MODERATE_INTERVAL, self.opts.signals,
+                                self.tmp / "stop.flag")
+            run = self.steady(f"many-{devices}x{points}", [group], self.opts.encoding, self.opts.duration)
+            out[f"{devices}x{points}"] = run
             out["ok"] = out["ok"] and run["ok"]
         return out
 

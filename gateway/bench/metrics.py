@@ -45,6 +45,7 @@ def window_figures(window: Window, offered: float) -> dict[str, Any]:
     delivered_rate = slope(window.arrivals)
     cpu_rate = max(0.0, slope(window.cpu))
     polls = last.totals["polls"] - first.totals["polls"]
+    poll_rate = polls / dt
     overruns = last.totals["overruns"] - first.totals["overruns"]
     out: dict[str, Any] = {
         "window_s": dt,
@@ -56,6 +57,9 @@ def window_figures(window: Window, offered: float) -> dict[str, Any]:
         "delivered_fraction": delivered_rate / offered if offered else None,
         "cpu_percent": cpu_rate * 100,
         "cpu_us_per_reading": cpu_rate / delivered_rate * 1e6 if delivered_rate > 0 else None,
+        "polls_per_s": poll_rate,
+        "cpu_us_per_poll": cpu_rate / poll_rate * 1e6 if poll_rate > 0 else None,
+        "messages_per_s": slope([(m.sub.t, m.sub.messages) for m in marks]),
         "overruns": overruns,
         "overrun_fraction": overruns / (polls + overruns) if polls + overruns else 0.0,
         "overruns_total": last.totals["overruns"],

@@ -136,6 +136,25 @@ def _drain_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _many_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for shape in ("1000x1", "100x10"):
+        e = r.get(shape)
+        if not e or "delivered_per_s" not in e:
+            continue
+        rows += [
+            (f"{shape}: CPU", f"{_f(e.get('cpu_us_per_reading'))} µs/reading",
+             f"{_f(e.get('cpu_us_per_poll'))} µs per device poll; {e['cpu_percent']:.0f}% of a core"),
+            (f"{shape}: delivered", f"{_num(e['delivered_per_s'])} readings/s",
+             f"{_pct(e.get('delivered_fraction'))} of offered; {_num(e.get('messages_per_s'))} messages/s,"
+             f" {_num(e.get('polls_per_s'))} polls/s"),
+            (f"{shape}: peak RSS", f"{_mb(e.get('peak_rss_bytes'))} MiB", "whole run"),
+        ]
+        if "produced" in e:
+            rows.append((f"{shape}: check", *_check(e)[1:]))
+    return rows
+
+
 # The wire scenario's runs; the metered ones: packed (and deflated) with linger, on sensor-like data.
 WIRE_RUNS = ("cbor", "json", "packed", "packed-metered", "packed-metered-deflate")
 
@@ -202,7 +221,7 @@ def _web_rows(r: dict[str, Any]) -> list[Row]:
 
 _ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "moderate": _moderate_rows, "modbus": _modbus_rows, "drain": _drain_rows, "wire": _wire_rows,
-    "startup": _startup_rows, "failover": _failover_rows, "web": _web_rows,
+    "startup": _startup_rows, "failover": _failover_rows, "many": _many_rows, "web": _web_rows,
 }
 
 

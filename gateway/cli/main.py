@@ -102,11 +102,13 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "drain (a backlog built at the load's rate with the broker away, drained while the "
                     "moderate load polls on), wire (cbor and json at the "
                     "moderate load, at most 5 s each), startup, failover (the broker node the gateway "
-                    "is on is killed: a three-node NATS cluster, or two Mosquittos without nats-server).",
+                    "is on is killed: a three-node NATS cluster, or two Mosquittos without nats-server), "
+                    "many (1,000 devices x 1 point and 100 x 10, every second, whatever --devices and --points).",
     )
     bench.add_argument("--scenario", default="all",
-                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover (default: all),"
-                            " or web (the page's cost: 5 interleaved moderate runs without and with it)")
+                       help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover,many"
+                            " (default: all), or web (the page's cost: 5 interleaved moderate runs without"
+                            " and with it)")
     bench.add_argument("--devices", type=_positive, default=10, help="simulated devices (default 10)")
     bench.add_argument("--points", type=_positive, default=100, help="points per device (default 100)")
     bench.add_argument("--interval", type=_duration, default=0.01,

@@ -20,7 +20,7 @@ from gateway.config.settings import DeviceSpec
 from gateway.driver import DeviceInfo, Driver, DriverError, SharedPool
 from gateway.model import Batch, PointSet, PollResult
 from gateway.poll.report import ReportFilter
-from gateway.timers import SharedTimeout, sleep_until
+from gateway.timers import Deadlines, SharedTimeout
 
 log = logging.getLogger("gateway.poll.scheduler")  # one log name for the scheduler and its device tasks
 
@@ -98,12 +98,15 @@ class DeviceTask:
         relief: Callable[[], Awaitable[None]] | None = None,
         stamp: Callable[[], tuple[int, str] | None] | None = None,
         left_behind: set[asyncio.Task[None]] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         """``left_behind``: where polls that ignored the stop's cancel stay referenced until they end.
 
         The event loop holds tasks only weakly, and one blocked on a future nobody else holds would
         be collected mid-await: give a set that outlives this task, as the scheduler does.
+        ``deadlines``: the timers shared with the other devices (one per grid point), as the scheduler gives.
         """
+        self._sleep_until = (deadlines or Deadlines()).sleep_until
         self.spec = spec
         self._left_behind: set[asyncio.Task[None]] = set() if left_behind is None else left_behind
         self._relief = relief
@@ -196,7 +199,7 @@ class DeviceTask:
                     await self._relief()
                 deadline, missed = next_deadline(deadline, interval, time.monotonic())
                 self.health.overruns += missed
-                await sleep_until(deadline)
+                await self._sleep_until(deadline)
                 continue
             ok = await self._poll_once()
             now = time.monotonic()
@@ -209,7 +212,7 @@ class DeviceTask:
             else:
                 failures += 1
                 deadline = now + backoff_delay(interval, failures)
-            await sleep_until(deadline)
+            await self._sleep_until(deadline)
 
     async def _poll_once(self) -> bool:
         try:

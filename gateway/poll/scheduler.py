@@ -3,7 +3,8 @@
 Each device has its own task, started and stopped alone (a reload restarts only what changed).
 Devices that share a physical bus (the driver's ``bus`` key) take turns through one lock per bus,
 so one request is on the line at a time (the turn is ``gateway.driver.SharedPool``'s: see there).
-Time belongs to the scheduler: drivers never sleep.
+Time belongs to the scheduler: drivers never sleep. The tasks sleep through one ``Deadlines``: the
+devices of one interval, on its grid, wait for one timer per grid point, not one each.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gateway.config.settings import DeviceSpec
 from gateway.driver import Driver, SharedPool
 from gateway.model import Batch
 from gateway.poll.device import DeviceTask
+from gateway.timers import Deadlines
 
 
 class Scheduler:
@@ -39,6 +41,7 @@ class Scheduler:
         self._on_change = on_change
         self.tasks: dict[str, DeviceTask] = {}
         self.shared = SharedPool()
+        self.deadlines = Deadlines()  # the device tasks' wake-ups: one timer per grid point
         # Polls that ignored a stop's cancel, referenced here until they end: their device task
         # may be dropped (a reload removed it) while they still run.
         self._left_behind: set[asyncio.Task[None]] = set()
@@ -59,7 +62,7 @@ class Scheduler:
         task = DeviceTask(
             spec, driver_cls, sink=self._sink, on_change=self._on_change, shared=self.shared,
             data_dir=self._data_dir, congested=self._congested, relief=self._relief, stamp=self._stamp,
-            left_behind=self._left_behind,
+            left_behind=self._left_behind, deadlines=self.deadlines,
         )
         if task.bus is not None:
             task.bus_lock = self.shared.turn(task.bus)

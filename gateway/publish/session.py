@@ -22,6 +22,7 @@ import aiomqtt
 
 from gateway.model import StoredBatch
 from gateway.publish import fleetlink
+from gateway.publish.inflight import InFlight, Sent
 from gateway.publish.mqttlink import LinkDead, PahoLog, pingresp_overdue
 from gateway.publish.payloads import json_payload
 from gateway.timers import SharedTimeout, sleep_until
@@ -73,7 +74,9 @@ class Session:
         self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
         self._puback = SharedTimeout(pub.mqtt.publish_timeout)  # a PUBACK later than this: link dead
         self.tg = asyncio.TaskGroup()
-        self.sends: set[asyncio.Task[None]] = set()
+        # Telemetry awaiting PUBACK: no task per message (gateway.publish.inflight)
+        self.inflight = InFlight(client, timeout=pub.mqtt.publish_timeout, on_puback=self._acked)
+        self._topics: dict[str, str] = {}  # device -> its telemetry topic
         self.commands: set[asyncio.Task[None]] = set()
         self.fetch_readings = max(4 * pub.mqtt.batch.max_readings, 1000)
         self._yielded = 0.0  # loop time the drain last let the rest of the loop in
@@ -93,6 +96,7 @@ class Session:
         async with self.tg:
             watcher = self.tg.create_task(self._watch_link(), name="mqtt-link-watch")
             pings = self.tg.create_task(self._watch_pings(), name="mqtt-ping-watch")
+            pubacks = self.tg.create_task(self.inflight.watch(), name="mqtt-puback-watch")
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
@@ -114,9 +118,11 @@ class Session:
                 timeout = max(0.1, self.signals.stop_deadline - asyncio.get_running_loop().time())
                 await self._publish(pub.status_topic, pub.status_payload("offline"), retain=True,
                                     timeout=timeout)
-            elif self.sends:  # a move: nothing new is sent; the PUBACKs of what is out, up to publish_timeout
-                await asyncio.wait(set(self.sends), timeout=pub.mqtt.publish_timeout)
-            for task in (*self.sends, *self.commands, watcher, pings, status_watch):  # PUBACKs in order: sends done
+            elif self.inflight.sent:  # a move: nothing new is sent; the PUBACKs of what is out, up to publish_timeout
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pub.mqtt.publish_timeout):
+                        await self.inflight.drained()
+            for task in (*self.commands, watcher, pings, pubacks, status_watch):  # PUBACKs in order: sends done
                 task.cancel()
 
     async def _stop_or_move(self) -> None:
@@ -212,13 +218,12 @@ class Session:
         await self._publish(topic, json_payload(result))  # QoS 1, not retained
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                       timeout: float | None = None, slot_taken: bool = False) -> None:
+                       timeout: float | None = None) -> None:
         """Publish QoS 1 in a slot of the in-flight window; LinkDead when no PUBACK in time."""
         limit = self.pub.mqtt.publish_timeout if timeout is None else timeout
         # The usual limit is one timer for every message in flight (gateway.timers), not one per message.
         guard = self._puback if timeout is None else asyncio.timeout(timeout)
-        if not slot_taken:
-            await self.window.acquire()
+        await self.window.acquire()
         try:
             async with guard:
                 await self.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
@@ -289,11 +294,8 @@ class Session:
         for group in groups:
             for part, payload in self.pub.payloads.of(device, group):
                 await self._pace(sum(len(b) for b in part))
-                # Take the window slot here, so the tasks start (and call paho) in creation order.
-                await self.window.acquire()
-                task = self.tg.create_task(self._send(device, part, payload))
-                self.sends.add(task)
-                task.add_done_callback(self.sends.discard)
+                await self.window.acquire()  # released by the PUBACK (_acked)
+                self._send(device, part, payload)
                 if loop.time() - self._yielded >= YIELD_EVERY:  # a long backlog must not starve the polls
                     await asyncio.sleep(0)
                     self._yielded = loop.time()
@@ -314,9 +316,20 @@ class Session:
             self._tokens, self._refilled = min(readings, burst), loop.time()
         self._tokens -= readings
 
-    async def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
-        """Publish one telemetry message (window slot already taken); ack its rows on PUBACK."""
-        await self._publish(self.pub.telemetry_topic.format(device=device), payload, slot_taken=True)
-        self.buffer.ack([b.row for b in group])
+    def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
+        """Publish one telemetry message (window slot already taken); ``_acked`` acks its rows on PUBACK."""
+        topic = self._topics.get(device)
+        if topic is None:
+            topic = self._topics[device] = self.pub.telemetry_topic.format(device=device)
+        try:
+            self.inflight.publish(topic, payload, [b.row for b in group], sum(len(b.values) for b in group))
+        except BaseException:
+            self.window.release()
+            raise
+
+    def _acked(self, sent: Sent) -> None:
+        """The PUBACK of a telemetry message: its rows leave the buffer, its slot of the window is free."""
+        self.window.release()
+        self.buffer.ack(sent.rows)
         self.pub.messages_sent += 1
-        self.pub.readings_sent += sum(len(b.values) for b in group)
+        self.pub.readings_sent += sent.readings

@@ -1,13 +1,16 @@
-"""gateway.timers: sleep_until, and SharedTimeout (asyncio.timeout for many blocks of one limit, one timer)."""
+"""gateway.timers: sleep_until, Deadlines (one timer per deadline for many sleepers), and SharedTimeout
+(asyncio.timeout for many blocks of one limit, one timer)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 
 import pytest
 
-from gateway.timers import SharedTimeout, sleep_until
+from gateway.timers import Deadlines, SharedTimeout, sleep_until
 
 
 async def _hang() -> None:
@@ -130,3 +133,88 @@ async def test_sleepers_for_one_deadline_wake_in_the_same_pass_of_the_loop() -> 
     loop.call_soon(count_passes)
     await asyncio.gather(*(sleeper() for _ in range(3)))
     assert len(set(woke)) == 1, woke
+
+
+def _timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Live timers in the event loop's heap (asyncio internals: ``_scheduled``)."""
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+
+async def test_many_sleepers_for_one_grid_point_share_one_timer_and_all_wake_in_one_pass() -> None:
+    """The device tasks of one interval: a thousand sleepers, one timer; points of the grid reached
+    by different sums of a 0.1 s interval (unequal in the float's last bits) count as one."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    start = math.floor(loop.time() / 0.1 + 1) * 0.1 + 1.0  # far enough for 1,000 tasks to start on a loaded machine
+    grid = [start, (start - 0.3) + 0.1 + 0.1 + 0.1, (start - 0.7) + 0.7]
+    assert len(set(grid)) > 1  # the float sums differ: they must still share
+    before = _timers(loop)
+    woke: list[float] = []
+
+    async def sleeper(at: float) -> None:
+        await deadlines.sleep_until(at)
+        woke.append(loop.time())
+
+    tasks = [asyncio.create_task(sleeper(grid[i % 3])) for i in range(1000)]
+    await asyncio.sleep(0)
+    assert deadlines.waiting() == 1
+    assert _timers(loop) - before == 1
+    await asyncio.gather(*tasks)
+    assert len(woke) == 1000 and min(woke) >= min(grid)
+    assert deadlines.waiting() == 0
+
+
+async def test_a_cancelled_sleeper_leaves_the_others_asleep_until_their_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    deadline = loop.time() + 0.1
+    woke: list[str] = []
+
+    async def sleeper(name: str) -> None:
+        await deadlines.sleep_until(deadline)
+        woke.append(name)
+
+    first, second = asyncio.create_task(sleeper("first")), asyncio.create_task(sleeper("second"))
+    await asyncio.sleep(0)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert woke == [] and not second.done()  # the shared timer was not cancelled with it
+    await second
+    assert woke == ["second"] and loop.time() >= deadline
+
+
+async def test_different_deadlines_keep_their_own_timers_and_order() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    now = loop.time()
+    woke: list[int] = []
+
+    async def sleeper(k: int) -> None:
+        await deadlines.sleep_until(now + 0.3 * (3 - k))
+        woke.append(k)
+
+    await asyncio.gather(*(sleeper(k) for k in range(3)))
+    assert woke == [2, 1, 0]
+    await deadlines.sleep_until(now - 1.0)  # a deadline gone by returns at the next pass, no timer
+    assert deadlines.waiting() == 0
+
+
+def test_a_deadline_left_pending_by_a_closed_loop_does_not_hold_up_the_next_loop() -> None:
+    """A scheduler outliving its event loop (a loop closed mid-sleep): the next loop's sleepers for the
+    same instant get a timer of their own instead of joining one that will never fire."""
+    deadlines = Deadlines()
+    at = time.monotonic() + 1.5  # the event loop's clock is the monotonic clock; far enough for a loaded machine
+
+    async def leave_a_sleeper() -> None:
+        asyncio.get_running_loop().create_task(deadlines.sleep_until(at))
+        await asyncio.sleep(0)  # asyncio.run cancels it at the end; its timer never fires
+
+    asyncio.run(leave_a_sleeper())
+    assert deadlines.waiting() == 1
+
+    async def sleep_to_it() -> float:
+        await asyncio.wait_for(deadlines.sleep_until(at), 5.0)
+        return asyncio.get_running_loop().time()
+
+    assert asyncio.run(sleep_to_it()) >= at

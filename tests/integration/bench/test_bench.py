@@ -98,6 +98,21 @@ def test_moderate_and_drain_scenarios() -> None:
     assert drain["produced"] >= drain["backlog_readings"]
 
 
+def test_many_scenario_runs_both_shapes_whatever_devices_and_points() -> None:
+    report = _bench("--scenario", "many", "--devices", "2", "--points", "5", "--duration", "2", "--warmup", "1s",
+                    timeout=300)
+    many = report["scenarios"]["many"]
+    for shape, devices, points in (("1000x1", 1000, 1), ("100x10", 100, 10)):
+        run = many[shape]
+        _accounted(run)
+        assert run["devices"] == devices and run["points_per_device"] == points
+        assert run["offered_per_s"] == pytest.approx(devices * points)
+        assert run["polls_per_s"] > 0 and run["messages_per_s"] > 0
+        # CPU per poll is CPU per reading times the readings a poll makes (the same window)
+        assert run["cpu_us_per_poll"] == pytest.approx(
+            run["cpu_us_per_reading"] * run["delivered_per_s"] / run["polls_per_s"])
+
+
 def test_modbus_scenario() -> None:
     """One Modbus TCP device served by the bench itself: coalesced into one request per poll, every
     reading delivered, and the device made to fail at the end (the server answers exception 11)."""

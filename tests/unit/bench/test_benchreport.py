@@ -1,10 +1,10 @@
-"""The bench's table rows for the modbus scenario's floor (the same polls with no gateway)."""
+"""The bench's table rows: the modbus scenario's floor (the same polls with no gateway), the many scenario."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.bench.report import _modbus_rows
+from gateway.bench.report import _many_rows, _modbus_rows
 
 RUN: dict[str, Any] = {
     "delivered_per_s": 990.0, "delivered_fraction": 0.99, "read_per_s": 999.0, "acked_per_s": 999.0,
@@ -44,3 +44,17 @@ def test_a_run_without_figures_still_shows_the_floor() -> None:
              "socket": {"client": "socket", "cpu_us_per_reading": 6.98}}
     rows = _modbus_rows({"floor": floor})
     assert [label for label, _, _ in rows] == ["  floor: no gateway"]
+
+
+def test_the_many_scenario_shows_cpu_per_poll_messages_and_the_check_per_shape() -> None:
+    small = {**RUN, "cpu_us_per_reading": 55.0, "cpu_us_per_poll": 55.0, "messages_per_s": 1000.0,
+             "polls_per_s": 1000.0, "produced": 12_000, "delivered": 12_000, "missing": 0, "duplicates": 0,
+             "evicted": 0, "ok": True}
+    lost = {**small, "missing": 3, "delivered": 11_997, "ok": False}
+    rows = _many_rows({"ok": False, "1000x1": small, "100x10": lost})
+    by_label = {label: (value, note) for label, value, note in rows}
+    assert by_label["1000x1: CPU"][0] == "55.0 µs/reading"
+    assert "55.0 µs per device poll" in by_label["1000x1: CPU"][1]
+    assert "1,000 messages/s" in by_label["1000x1: delivered"][1]
+    assert by_label["1000x1: check"][0] == "OK"
+    assert by_label["100x10: check"][0] == "LOST" and "3 missing" in by_label["100x10: check"][1]
