@@ -62,9 +62,10 @@ test: $(STAMP) system-deps lint
 	@$(call PYTEST_PASS,-p no:xdist -m serial_only)
 
 # An offline installation source for the gateways (`sudo deploy/install.sh` finds it): wheels of
-# city-gateway and of every dependency for CPython $(WHEEL_PYTHON) on 64-bit (aarch64) and 32-bit
+# city-gateway and of every dependency for CPython $(WHEEL_PYTHONS) on 64-bit (aarch64) and 32-bit
 # (armv7l) Raspberry Pi OS, and for this machine. Pure-Python wheels are built here; the compiled
-# dependencies (pydantic-core, cbor2, PyYAML) are downloaded as binary wheels for each platform.
+# dependencies (pydantic-core, cbor2, PyYAML, cryptography, cffi, aiohttp and its helpers) are
+# downloaded as binary wheels for each platform (cffi for armv7l: compiled here, see below).
 # PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there.
 # Copy the repository with wheelhouse/ (or deploy/, config/ and wheelhouse/) to the gateway.
 # Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one,
@@ -74,10 +75,21 @@ WHEEL_PYTHONS ?= $(WHEEL_PYTHON)
 WHEEL_ARCHS   ?= aarch64 armv7l
 WHEEL_GLIBC  := manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34 manylinux_2_36
 
-wheelhouse: $(STAMP)
+# PyPI has no armv7l wheel of cffi (cryptography needs it): deploy/debian/armhf-wheels.sh compiles
+# it in a Debian armhf root under qemu, bookworm's for CPython 3.11 and trixie's for 3.13 (minutes
+# under emulation; kept in .cache/ until `make clean`; needs debootstrap and qemu-user-static).
+ARMHF_SUITES := $(if $(filter 3.11,$(WHEEL_PYTHONS)),bookworm) $(if $(filter 3.13,$(WHEEL_PYTHONS)),trixie)
+ARMHF_WHEELS := .cache/armhf-wheels/$(subst $() ,-,$(strip $(ARMHF_SUITES)))
+
+$(ARMHF_WHEELS):
+	rm -rf $@.tmp
+	deploy/debian/armhf-wheels.sh $@.tmp $(ARMHF_SUITES)
+	mv $@.tmp $@
+
+wheelhouse: $(STAMP) $(if $(filter armv7l,$(WHEEL_ARCHS)),$(ARMHF_WHEELS))
 	rm -rf wheelhouse
 	$(BIN)/pip wheel --quiet -w wheelhouse .
-	$(if $(WHEEL_EXTRA),cp $(WHEEL_EXTRA)/*.whl wheelhouse/)
+	$(if $(filter armv7l,$(WHEEL_ARCHS)),cp $(ARMHF_WHEELS)/*.whl wheelhouse/)
 	yaml=$$(ls wheelhouse | sed -n 's/^[Pp]y[Yy][Aa][Mm][Ll]-\([^-]*\)-.*/\1/p' | head -n 1); \
 	PYYAML_FORCE_LIBYAML=0 $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary pyyaml -w wheelhouse "PyYAML==$$yaml"
 	for py in $(WHEEL_PYTHONS); do for arch in $(WHEEL_ARCHS); do \
@@ -102,20 +114,8 @@ DEB_DEPS    := dpkg-deb:dpkg lintian:lintian debootstrap:debootstrap qemu-arm-st
 deb-deps:
 	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(DEB_DEPS)"
 
-# PyPI has no armv7l wheel of cffi (cryptography needs it): deploy/debian/armhf-wheels.sh compiles
-# it in a Debian armhf root under qemu, bookworm's for CPython 3.11 and trixie's for 3.13 (minutes
-# under emulation; kept in .cache/ until `make clean`).
-ARMHF_SUITES := $(if $(filter 3.11,$(DEB_PYTHONS)),bookworm) $(if $(filter 3.13,$(DEB_PYTHONS)),trixie)
-ARMHF_WHEELS := .cache/armhf-wheels/$(subst $() ,-,$(strip $(ARMHF_SUITES)))
-
-$(ARMHF_WHEELS):
-	rm -rf $@.tmp
-	deploy/debian/armhf-wheels.sh $@.tmp $(ARMHF_SUITES)
-	mv $@.tmp $@
-
-deb: $(STAMP) deb-deps $(if $(filter armv7l,$(DEB_ARCHS)),$(ARMHF_WHEELS))
-	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)" \
-	  $(if $(filter armv7l,$(DEB_ARCHS)),WHEEL_EXTRA=$(ARMHF_WHEELS))
+deb: $(STAMP) deb-deps
+	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)"
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d wheelhouse pip
 	PIP=$(BIN)/pip deploy/debian/build-deb.sh wheelhouse dist "$(DEB_PYTHONS)" "$(DEB_ARCHS)"
 	lintian --fail-on error dist/city-gateway_*_all.deb

@@ -85,6 +85,7 @@ for script in preinst postinst prerm postrm; do
         { print }' "$HERE/$script" | sed "s/@WHEELSETS@/$SETS/" >"$PKG/DEBIAN/$script"
     chmod 0755 "$PKG/DEBIAN/$script"
 done
+install -m 0644 "$HERE/triggers" "$PKG/DEBIAN/triggers"
 size=$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@MAINTAINER@/$MAINTAINER/" -e "s/@SIZE@/$size/" -e "s/@SETS@/$SETS/" \
     "$HERE/control" >"$PKG/DEBIAN/control"
