@@ -30,7 +30,9 @@ GLIBC="manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34
 command -v dpkg-deb >/dev/null || die "dpkg-deb is missing: apt-get install dpkg"
 wheel=$(find "$WHEELHOUSE" -maxdepth 1 -name 'city_gateway-*.whl' | head -n 1)
 [ -n "$wheel" ] || die "no city_gateway wheel in $WHEELHOUSE (make wheelhouse)"
-VERSION=$(basename "$wheel" | cut -d- -f2)
+# DEB_VERSION: another version for the package than the wheel's (e.g. 0.1.0+rebuild1, to try an
+# upgrade with a rebuilt package of the same program).
+VERSION=${DEB_VERSION:-$(basename "$wheel" | cut -d- -f2)}
 compgen -G "$WHEELHOUSE/pip-*.whl" >/dev/null || die "no pip wheel in $WHEELHOUSE"
 EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$TOP" log -1 --format=%ct 2>/dev/null || date +%s)}
 
