@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 
 # The commands the tests and the demo run, as command:Debian-package. mosquitto and socat are real
 # parts of the tests and the demo; the others are what tests check with (certificates, the broker's
-# password file, the installer, the systemd unit). Where CI is set, a test whose command is missing
-# fails instead of skipping (tests/support/needs.py).
+# password file, the installer, the systemd unit, the Debian package: dpkg-deb, lintian). Where CI is
+# set, a test whose command is missing fails instead of skipping (tests/support/needs.py).
 SYSTEM_DEPS := mosquitto:mosquitto mosquitto_passwd:mosquitto socat:socat openssl:openssl \
                shellcheck:shellcheck systemd-analyze:systemd nats-server:nats-server \
-               chromium:chromium chromedriver:chromium-driver
+               chromium:chromium chromedriver:chromium-driver \
+               dpkg-deb:dpkg lintian:lintian
 
 system-deps:
 	@missing=""; \
@@ -108,7 +109,8 @@ wheelhouse: $(STAMP) $(if $(filter armv7l,$(WHEEL_ARCHS)),$(ARMHF_WHEELS))
 # index; `make deb DEB_ARCHS=x86_64 DEB_PYTHONS=3.11` builds a smaller one for trying it out.
 DEB_PYTHONS ?= 3.11 3.13
 DEB_ARCHS   ?= aarch64 armv7l x86_64
-# What only make deb needs (command:Debian-package); the tests check packages with lintian too.
+# What only make deb needs (command:Debian-package) beyond SYSTEM_DEPS (where the tests' dpkg-deb and
+# lintian are): the armv7l cffi wheels are compiled in an armhf root under qemu.
 DEB_DEPS    := dpkg-deb:dpkg lintian:lintian debootstrap:debootstrap qemu-arm-static:qemu-user-static
 
 deb-deps:
