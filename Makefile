@@ -67,7 +67,8 @@ test: $(STAMP) system-deps lint
 # (armv7l) Raspberry Pi OS, and for this machine. Pure-Python wheels are built here; the compiled
 # dependencies (pydantic-core, cbor2, PyYAML, cryptography, cffi, aiohttp and its helpers) are
 # downloaded as binary wheels for each platform (cffi for armv7l: compiled here, see below).
-# PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there.
+# PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there; cbor2 6
+# (Rust) has none either, so pip takes cbor2 5.9's pure-Python wheel for armv7l (slower encoding).
 # Copy the repository with wheelhouse/ (or deploy/, config/ and wheelhouse/) to the gateway.
 # Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one,
 # WHEEL_PYTHONS="3.11 3.13" a Python (make deb does both).
