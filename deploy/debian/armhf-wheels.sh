@@ -55,6 +55,9 @@ build_in() {  # SUITE: the wheels of REQS, compiled in that suite's root, into O
     trap "umount '$dir/proc' 2>/dev/null || true; rm -rf '$dir'" RETURN
     tar -C "$dir" -xzf "$tarball"
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
+    # This machine's trust store: the package index may be reached through a proxy whose CA only
+    # it knows (pip in the root inherits PIP_CERT and the like from here).
+    [ ! -f /etc/ssl/certs/ca-certificates.crt ] || cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
     mount -t proc proc "$dir/proc"
     mkdir -p "$dir/wheels"
     say "$suite/armhf: building ${REQS[*]} (under emulation: minutes)"
