@@ -47,12 +47,21 @@ root_tarball() {  # SUITE -> the cached build root's tarball (made if missing)
     echo "$tarball"
 }
 
+RUN_DIRS=()
+cleanup() {  # the unpacked roots, also when a step failed (set -e): /proc first, never through it
+    local dir
+    for dir in "${RUN_DIRS[@]}"; do
+        umount "$dir/proc" 2>/dev/null || true
+        mountpoint -q "$dir/proc" || rm -rf "$dir"
+    done
+}
+trap cleanup EXIT
+
 build_in() {  # SUITE: the wheels of REQS, compiled in that suite's root, into OUT
     local suite=$1 dir tarball
     tarball=$(root_tarball "$suite")
     dir=$(mktemp -d "$CACHE/$suite-run.XXXXXX")
-    # shellcheck disable=SC2064  # expand now: the trap must remove this very directory
-    trap "umount '$dir/proc' 2>/dev/null || true; rm -rf '$dir'" RETURN
+    RUN_DIRS+=("$dir")
     tar -C "$dir" -xzf "$tarball"
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
     # This machine's trust store: the package index may be reached through a proxy whose CA only
