@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration system-deps clean wheelhouse screenshots
+.PHONY: demo test lint unit integration system-deps clean wheelhouse screenshots deb deb-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 
 # The commands the tests and the demo run, as command:Debian-package. mosquitto and socat are real
 # parts of the tests and the demo; the others are what tests check with (certificates, the broker's
-# password file, the installer, the systemd unit). Where CI is set, a test whose command is missing
-# fails instead of skipping (tests/support/needs.py).
+# password file, the installer, the systemd unit, the Debian package: dpkg-deb, lintian). Where CI is
+# set, a test whose command is missing fails instead of skipping (tests/support/needs.py).
 SYSTEM_DEPS := mosquitto:mosquitto mosquitto_passwd:mosquitto socat:socat openssl:openssl \
                shellcheck:shellcheck systemd-analyze:systemd nats-server:nats-server \
-               chromium:chromium chromedriver:chromium-driver
+               chromium:chromium chromedriver:chromium-driver \
+               dpkg-deb:dpkg lintian:lintian
 
 system-deps:
 	@missing=""; \
@@ -68,29 +69,65 @@ test: $(STAMP) system-deps lint
 	@$(call PYTEST_PASS,-p no:xdist -m serial_only)
 
 # An offline installation source for the gateways (`sudo deploy/install.sh` finds it): wheels of
-# city-gateway and of every dependency for CPython $(WHEEL_PYTHON) on 64-bit (aarch64) and 32-bit
+# city-gateway and of every dependency for CPython $(WHEEL_PYTHONS) on 64-bit (aarch64) and 32-bit
 # (armv7l) Raspberry Pi OS, and for this machine. Pure-Python wheels are built here; the compiled
-# dependencies (pydantic-core, cbor2, PyYAML) are downloaded as binary wheels for each platform.
-# PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there.
+# dependencies (pydantic-core, cbor2, PyYAML, cryptography, cffi, aiohttp and its helpers) are
+# downloaded as binary wheels for each platform (cffi for armv7l: compiled here, see below).
+# PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there; cbor2 6
+# (Rust) has none either, so pip takes cbor2 5.9's pure-Python wheel for armv7l (slower encoding).
 # Copy the repository with wheelhouse/ (or deploy/, config/ and wheelhouse/) to the gateway.
-# Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one.
-WHEEL_PYTHON ?= 3.11
-WHEEL_ARCHS  ?= aarch64 armv7l
+# Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one,
+# WHEEL_PYTHONS="3.11 3.13" a Python (make deb does both).
+WHEEL_PYTHON  ?= 3.11
+WHEEL_PYTHONS ?= $(WHEEL_PYTHON)
+WHEEL_ARCHS   ?= aarch64 armv7l
 WHEEL_GLIBC  := manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34 manylinux_2_36
 
-wheelhouse: $(STAMP)
+# PyPI has no armv7l wheel of cffi (cryptography needs it): deploy/debian/armhf-wheels.sh compiles
+# it in a Debian armhf root under qemu, bookworm's for CPython 3.11 and trixie's for 3.13 (minutes
+# under emulation; kept in .cache/ until `make clean`; needs debootstrap and qemu-user-static).
+ARMHF_SUITES := $(if $(filter 3.11,$(WHEEL_PYTHONS)),bookworm) $(if $(filter 3.13,$(WHEEL_PYTHONS)),trixie)
+ARMHF_WHEELS := .cache/armhf-wheels/$(subst $() ,-,$(strip $(ARMHF_SUITES)))
+
+$(ARMHF_WHEELS):
+	rm -rf $@.tmp
+	deploy/debian/armhf-wheels.sh $@.tmp $(ARMHF_SUITES)
+	mv $@.tmp $@
+
+wheelhouse: $(STAMP) $(if $(filter armv7l,$(WHEEL_ARCHS)),$(ARMHF_WHEELS))
 	rm -rf wheelhouse
 	$(BIN)/pip wheel --quiet -w wheelhouse .
+	$(if $(filter armv7l,$(WHEEL_ARCHS)),cp $(ARMHF_WHEELS)/*.whl wheelhouse/)
 	yaml=$$(ls wheelhouse | sed -n 's/^[Pp]y[Yy][Aa][Mm][Ll]-\([^-]*\)-.*/\1/p' | head -n 1); \
 	PYYAML_FORCE_LIBYAML=0 $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary pyyaml -w wheelhouse "PyYAML==$$yaml"
-	for arch in $(WHEEL_ARCHS); do \
-	  echo "wheelhouse: $$arch"; \
-	  $(BIN)/pip download --quiet --only-binary=:all: --python-version $(WHEEL_PYTHON) --implementation cp \
-	    --abi cp$(subst .,,$(WHEEL_PYTHON)) --abi abi3 --abi none \
+	for py in $(WHEEL_PYTHONS); do for arch in $(WHEEL_ARCHS); do \
+	  echo "wheelhouse: CPython $$py $$arch"; \
+	  $(BIN)/pip download --quiet --only-binary=:all: --python-version $$py --implementation cp \
+	    --abi cp$$(echo $$py | tr -d .) --abi abi3 --abi none \
 	    $(foreach g,$(WHEEL_GLIBC),--platform $(g)_$$arch) --platform linux_$$arch \
 	    --find-links wheelhouse -d wheelhouse wheelhouse/city_gateway-*.whl || exit 1; \
-	done
+	done; done
 	@ls wheelhouse
 
+# The Debian package, dist/city-gateway_<version>_all.deb: the wheelhouse above for every Python and
+# architecture a Raspberry Pi OS bookworm (3.11) or trixie (3.13) gateway, 64- or 32-bit, or an x86
+# box may have, plus a pip wheel (the package builds its venv offline with it). Maintainer scripts,
+# unit and lintian overrides: deploy/debian/ (built by deploy/debian/build-deb.sh). Needs a package
+# index; `make deb DEB_ARCHS=x86_64 DEB_PYTHONS=3.11` builds a smaller one for trying it out.
+DEB_PYTHONS ?= 3.11 3.13
+DEB_ARCHS   ?= aarch64 armv7l x86_64
+# What only make deb needs (command:Debian-package) beyond SYSTEM_DEPS (where the tests' dpkg-deb and
+# lintian are): the armv7l cffi wheels are compiled in an armhf root under qemu.
+DEB_DEPS    := dpkg-deb:dpkg lintian:lintian debootstrap:debootstrap qemu-arm-static:qemu-user-static
+
+deb-deps:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(DEB_DEPS)"
+
+deb: $(STAMP) deb-deps
+	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)"
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d wheelhouse pip
+	PIP=$(BIN)/pip deploy/debian/build-deb.sh wheelhouse dist "$(DEB_PYTHONS)" "$(DEB_ARCHS)"
+	lintian --fail-on error dist/city-gateway_*_all.deb
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import __version__
-
 if TYPE_CHECKING:
     from gateway.config.settings import Config
 
@@ -59,7 +57,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     from gateway.cli.webcmd import add_web_commands
 
     add_web_commands(sub)
-    sub.add_parser("version", help="print the version")
+    sub.add_parser("version", help="print the version, the git commit it was built from and the Python version")
     return parser
 
 
@@ -288,7 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     if args.command == "version":
-        print(f"city-gateway {__version__}")
+        from gateway.daemon.buildinfo import version_line
+
+        print(version_line())
         return 0
     setup_logging(args.log_level)
     from gateway.cli.fleet import cmd_fleet

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.daemon.buildinfo import build_info
 
 if TYPE_CHECKING:
     from gateway.daemon.daemon import Daemon
@@ -19,6 +20,7 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
         "schema": 1,
         "state": "online",
         "version": __version__,
+        "build": build_info(),
         "ts": int(time.time() * 1000),
         "started_ts": daemon.started_ts,
         "clean_start": daemon.clean_start,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.daemon.buildinfo import build_info
 from tests.support import REPO
 from tests.support.broker import Mosquitto, Received, Subscriber, first_arrivals, has_all, retained, telemetry
 from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway, run_cli
@@ -198,6 +199,7 @@ def test_sigterm_publishes_offline_and_exits_0(
     assert online.retain or online.qos == 1
     doc = online.decoded()
     assert doc["schema"] == 1 and doc["clean_start"] is True and doc["config_hash"]
+    assert doc["build"] == build_info()  # version, git commit, Python
     assert set(doc["buffer"]) >= {"state", "pending", "evicted", "bytes"}
     started = time.monotonic()
     assert gw.terminate(timeout=10) == 0
