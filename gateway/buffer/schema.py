@@ -19,7 +19,9 @@ continues each device's seq above the marks in seq.json, which every version kee
 
 To change the layout: raise SCHEMA_VERSION, append the step from the previous version to MIGRATIONS,
 and raise FORMAT to SCHEMA_VERSION (and meta ``format`` in the step) only if older gateways cannot
-use the new layout.
+use the new layout. Keep the meta table and its ``format`` row whatever else changes: 0.1.0 knows no
+user_version and reads only them (it stops on a format other than 1, and recreates a missing meta
+table empty, which would renumber rows).
 """
 
 from __future__ import annotations
