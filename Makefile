@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration system-deps clean wheelhouse
+.PHONY: demo test lint unit integration system-deps clean wheelhouse deb deb-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -67,9 +67,11 @@ test: $(STAMP) system-deps lint
 # dependencies (pydantic-core, cbor2, PyYAML) are downloaded as binary wheels for each platform.
 # PyYAML publishes no armv7l wheel: a pure-Python PyYAML wheel (no libyaml) stands in there.
 # Copy the repository with wheelhouse/ (or deploy/, config/ and wheelhouse/) to the gateway.
-# Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one.
-WHEEL_PYTHON ?= 3.11
-WHEEL_ARCHS  ?= aarch64 armv7l
+# Needs a package index once, here; `make wheelhouse WHEEL_ARCHS="aarch64 armv7l x86_64"` adds one,
+# WHEEL_PYTHONS="3.11 3.13" a Python (make deb does both).
+WHEEL_PYTHON  ?= 3.11
+WHEEL_PYTHONS ?= $(WHEEL_PYTHON)
+WHEEL_ARCHS   ?= aarch64 armv7l
 WHEEL_GLIBC  := manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34 manylinux_2_36
 
 wheelhouse: $(STAMP)
@@ -77,14 +79,33 @@ wheelhouse: $(STAMP)
 	$(BIN)/pip wheel --quiet -w wheelhouse .
 	yaml=$$(ls wheelhouse | sed -n 's/^[Pp]y[Yy][Aa][Mm][Ll]-\([^-]*\)-.*/\1/p' | head -n 1); \
 	PYYAML_FORCE_LIBYAML=0 $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary pyyaml -w wheelhouse "PyYAML==$$yaml"
-	for arch in $(WHEEL_ARCHS); do \
-	  echo "wheelhouse: $$arch"; \
-	  $(BIN)/pip download --quiet --only-binary=:all: --python-version $(WHEEL_PYTHON) --implementation cp \
-	    --abi cp$(subst .,,$(WHEEL_PYTHON)) --abi abi3 --abi none \
+	for py in $(WHEEL_PYTHONS); do for arch in $(WHEEL_ARCHS); do \
+	  echo "wheelhouse: CPython $$py $$arch"; \
+	  $(BIN)/pip download --quiet --only-binary=:all: --python-version $$py --implementation cp \
+	    --abi cp$$(echo $$py | tr -d .) --abi abi3 --abi none \
 	    $(foreach g,$(WHEEL_GLIBC),--platform $(g)_$$arch) --platform linux_$$arch \
 	    --find-links wheelhouse -d wheelhouse wheelhouse/city_gateway-*.whl || exit 1; \
-	done
+	done; done
 	@ls wheelhouse
+
+# The Debian package, dist/city-gateway_<version>_all.deb: the wheelhouse above for every Python and
+# architecture a Raspberry Pi OS bookworm (3.11) or trixie (3.13) gateway, 64- or 32-bit, or an x86
+# box may have, plus a pip wheel (the package builds its venv offline with it). Maintainer scripts,
+# unit and lintian overrides: deploy/debian/ (built by deploy/debian/build-deb.sh). Needs a package
+# index; `make deb DEB_ARCHS=x86_64 DEB_PYTHONS=3.11` builds a smaller one for trying it out.
+DEB_PYTHONS ?= 3.11 3.13
+DEB_ARCHS   ?= aarch64 armv7l x86_64
+# What only make deb needs (command:Debian-package); the tests check packages with lintian too.
+DEB_DEPS    := dpkg-deb:dpkg lintian:lintian
+
+deb-deps:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(DEB_DEPS)"
+
+deb: $(STAMP) deb-deps
+	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)"
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d wheelhouse pip
+	PIP=$(BIN)/pip deploy/debian/build-deb.sh wheelhouse dist "$(DEB_PYTHONS)" "$(DEB_ARCHS)"
+	lintian --fail-on error dist/city-gateway_*_all.deb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import __version__
-
 if TYPE_CHECKING:
     from gateway.config.settings import Config
 
@@ -53,7 +51,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     plain = argv is not None and _command_word(argv) in PLAIN_COMMANDS
     add_tool_commands(sub, _config_arg, {} if plain else driver_tools(), taken=PLAIN_COMMANDS)
-    sub.add_parser("version", help="print the version")
+    sub.add_parser("version", help="print the version, the git commit it was built from and the Python version")
     return parser
 
 
@@ -246,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     if args.command == "version":
-        print(f"city-gateway {__version__}")
+        from gateway.daemon.buildinfo import version_line
+
+        print(version_line())
         return 0
     setup_logging(args.log_level)
     handlers = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "demo": cmd_demo, "bench": cmd_bench}

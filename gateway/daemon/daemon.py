@@ -19,6 +19,7 @@ from gateway.config import lastgood
 from gateway.config.load import ConfigFileError, load_config
 from gateway.config.settings import Config
 from gateway.control import SOCKET_NAME
+from gateway.daemon.buildinfo import build_info
 from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigDiff, ReloadQueue, diff
 from gateway.daemon.systemd import notify
@@ -297,6 +298,7 @@ class Daemon:
             "schema": 1,
             "state": "online",
             "version": __version__,
+            "build": build_info(),
             "ts": int(time.time() * 1000),
             "started_ts": self.started_ts,
             "clean_start": self.clean_start,
