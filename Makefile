@@ -77,6 +77,7 @@ WHEEL_GLIBC  := manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manyl
 wheelhouse: $(STAMP)
 	rm -rf wheelhouse
 	$(BIN)/pip wheel --quiet -w wheelhouse .
+	$(if $(WHEEL_EXTRA),cp $(WHEEL_EXTRA)/*.whl wheelhouse/)
 	yaml=$$(ls wheelhouse | sed -n 's/^[Pp]y[Yy][Aa][Mm][Ll]-\([^-]*\)-.*/\1/p' | head -n 1); \
 	PYYAML_FORCE_LIBYAML=0 $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary pyyaml -w wheelhouse "PyYAML==$$yaml"
 	for py in $(WHEEL_PYTHONS); do for arch in $(WHEEL_ARCHS); do \
@@ -96,13 +97,25 @@ wheelhouse: $(STAMP)
 DEB_PYTHONS ?= 3.11 3.13
 DEB_ARCHS   ?= aarch64 armv7l x86_64
 # What only make deb needs (command:Debian-package); the tests check packages with lintian too.
-DEB_DEPS    := dpkg-deb:dpkg lintian:lintian
+DEB_DEPS    := dpkg-deb:dpkg lintian:lintian debootstrap:debootstrap qemu-arm-static:qemu-user-static
 
 deb-deps:
 	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(DEB_DEPS)"
 
-deb: $(STAMP) deb-deps
-	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)"
+# PyPI has no armv7l wheel of cffi (cryptography needs it): deploy/debian/armhf-wheels.sh compiles
+# it in a Debian armhf root under qemu, bookworm's for CPython 3.11 and trixie's for 3.13 (minutes
+# under emulation; kept in .cache/ until `make clean`).
+ARMHF_SUITES := $(if $(filter 3.11,$(DEB_PYTHONS)),bookworm) $(if $(filter 3.13,$(DEB_PYTHONS)),trixie)
+ARMHF_WHEELS := .cache/armhf-wheels/$(subst $() ,-,$(strip $(ARMHF_SUITES)))
+
+$(ARMHF_WHEELS):
+	rm -rf $@.tmp
+	deploy/debian/armhf-wheels.sh $@.tmp $(ARMHF_SUITES)
+	mv $@.tmp $@
+
+deb: $(STAMP) deb-deps $(if $(filter armv7l,$(DEB_ARCHS)),$(ARMHF_WHEELS))
+	$(MAKE) wheelhouse WHEEL_PYTHONS="$(DEB_PYTHONS)" WHEEL_ARCHS="$(DEB_ARCHS)" \
+	  $(if $(filter armv7l,$(DEB_ARCHS)),WHEEL_EXTRA=$(ARMHF_WHEELS))
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d wheelhouse pip
 	PIP=$(BIN)/pip deploy/debian/build-deb.sh wheelhouse dist "$(DEB_PYTHONS)" "$(DEB_ARCHS)"
 	lintian --fail-on error dist/city-gateway_*_all.deb
@@ -129,4 +142,4 @@ arm-check: $(STAMP)
 	ARM_ROOTS_CACHE="$(ARM_ROOTS_CACHE)" $(BIN)/python tests/arm/arm_check.py --roots "$(ARM_ROOTS)" "$$deb"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache

@@ -85,46 +85,9 @@ IS_ROOT=0
 LIVE=0
 [ -z "$ROOT" ] && [ -d /run/systemd/system ] && LIVE=1
 
-# -- users and ownership ---------------------------------------------------------------------------
-
-lookup() {  # lookup passwd|group NAME -> the numeric id, empty if none
-    if [ -z "$ROOT" ]; then
-        getent "$1" "$2" | cut -d: -f3
-    elif [ -f "$R/etc/$1" ]; then
-        awk -F: -v n="$2" '$1 == n { print $3; exit }' "$R/etc/$1"
-    fi
-}
-
-ensure_user() {
-    if [ "$IS_ROOT" = 0 ]; then
-        say "not root: the user gateway is not created"
-        return
-    fi
-    if [ -n "$ROOT" ] && [ ! -f "$R/etc/passwd" ]; then
-        say "no $R/etc/passwd: the user gateway is not created"
-        return
-    fi
-    local prefix=()
-    [ -z "$ROOT" ] || prefix=(--prefix "$ROOT")
-    if [ -z "$(lookup passwd gateway)" ]; then
-        useradd "${prefix[@]}" --system --user-group --home-dir /var/lib/gateway --no-create-home \
-            --shell /usr/sbin/nologin --comment "city-gateway daemon" gateway
-        say "created the system user gateway"
-    fi
-    if [ -n "$(lookup group dialout)" ]; then
-        usermod "${prefix[@]}" --append --groups dialout gateway
-    fi
-}
-
-own() {  # own USER GROUP MODE PATH: set owner (when we can) and mode
-    local uid gid
-    chmod "$3" "$4"
-    [ "$IS_ROOT" = 1 ] || return 0
-    uid=$(lookup passwd "$1")
-    gid=$(lookup group "$2")
-    [ -n "$uid" ] && [ -n "$gid" ] && chown "$uid:$gid" "$4"
-    return 0
-}
+# The steps the Debian package shares (users, ownership, config and data directories, config check).
+# shellcheck source=SCRIPTDIR/lib/setup.sh
+. "$SCRIPT_DIR/lib/setup.sh"
 
 # -- the program -------------------------------------------------------------------------------------
 
@@ -191,6 +154,7 @@ install_program() {
     mkdir -p "$APP/deploy"
     install -m 0644 "$SCRIPT_DIR/gateway.service" "$SCRIPT_DIR/journald.conf" "$APP/deploy/"
     install -m 0755 "$SCRIPT_DIR/install.sh" "$APP/deploy/"
+    install -D -m 0644 "$SCRIPT_DIR/lib/setup.sh" "$APP/deploy/lib/setup.sh"
     if [ -f "$SCRIPT_DIR/../README.md" ]; then
         install -m 0644 "$SCRIPT_DIR/../README.md" "$APP/README.md"
     fi
@@ -215,28 +179,6 @@ mqtt:
   host: broker.example.org
 devices: []
 EOF
-}
-
-install_config() {
-    mkdir -p "$ETC"
-    own root gateway 0750 "$ETC"
-    if [ -e "$ETC/gateway.yaml" ]; then
-        say "kept the existing $ETC/gateway.yaml"
-    else
-        (umask 077 && example_config >"$ETC/gateway.yaml")
-        own root gateway 0640 "$ETC/gateway.yaml"
-        say "wrote $ETC/gateway.yaml from the example: edit it"
-    fi
-    if [ ! -e "$ETC/gateway.env" ]; then
-        (umask 077 && cat >"$ETC/gateway.env") <<'EOF'
-# Environment for gateway.service, read by systemd (keep this file 0600 root:root).
-# Values for ${VAR} references in gateway.yaml, e.g. with  password: ${MQTT_PASSWORD}
-#MQTT_PASSWORD=
-EOF
-        own root root 0600 "$ETC/gateway.env"
-    fi
-    mkdir -p "$DATA"
-    own gateway gateway 0750 "$DATA"
 }
 
 install_units() {
@@ -268,7 +210,7 @@ install_units() {
 }
 
 check_config() {
-    if "$VENV/bin/gateway" check -c "$ETC/gateway.yaml" >/dev/null 2>&1; then
+    if config_check "$VENV/bin/gateway"; then
         say "config $ETC/gateway.yaml: OK"
     else
         say "config $ETC/gateway.yaml has problems: see  gateway check -c /etc/gateway/gateway.yaml"

@@ -7,7 +7,8 @@
 # (e.g. "3.11 3.13") and architecture in ARCHS (e.g. "aarch64 armv7l x86_64"), and a pip wheel.
 # Each of those wheel sets is proven complete first (pip resolves city-gateway from WHEELHOUSE alone
 # for it), and preinst is told which sets the package carries. Needs dpkg-deb (dpkg) and python3.
-# DEB_MAINTAINER overrides the Maintainer field; SOURCE_DATE_EPOCH the dates (reproducible builds).
+# DEB_MAINTAINER overrides the Maintainer field; SOURCE_DATE_EPOCH the dates (reproducible builds);
+# DEB_COMPRESSION dpkg-deb's compressor (xz; the tests take gzip, several times faster).
 set -euo pipefail
 umask 022
 
@@ -93,5 +94,5 @@ find "$PKG" -exec touch -h -d "@$EPOCH" {} +
 
 mkdir -p "$OUT"
 deb=$OUT/city-gateway_${VERSION}_all.deb
-SOURCE_DATE_EPOCH=$EPOCH dpkg-deb --root-owner-group -Zxz --build "$PKG" "$deb" >/dev/null
+SOURCE_DATE_EPOCH=$EPOCH dpkg-deb --root-owner-group "-Z${DEB_COMPRESSION:-xz}" --build "$PKG" "$deb" >/dev/null
 echo "built $deb ($(du -h "$deb" | cut -f1); wheels for $SETS)"

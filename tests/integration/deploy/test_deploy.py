@@ -145,7 +145,7 @@ def test_journald_dropin_caps_disk_use() -> None:
 
 def test_installer_is_shellcheck_clean() -> None:
     shellcheck = require_tool("shellcheck", "shellcheck")
-    done = subprocess.run([shellcheck, str(DEPLOY / "install.sh")], capture_output=True, text=True, check=False)
+    done = subprocess.run([shellcheck, "-x", str(DEPLOY / "install.sh")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout
 
 
