@@ -41,6 +41,8 @@ from tests.support.wait import wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOTS_SH = HERE / "roots.sh"
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+ROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 ROOTS = ("bookworm/arm64", "bookworm/armhf", "trixie/arm64", "trixie/armhf")
 RUN_SECONDS = 30.0
 DEVICES = 2  # simulated, 5 points each, every 100 ms: 100 readings/s
@@ -63,12 +65,13 @@ class Result:
 
 
 def sh(*args: str | Path, log: Path, check: bool = True, env: dict[str, str] | None = None) -> int:
-    """Run a command, its output appended to ``log``; raise (with the log's tail) if it fails."""
+    """Run a command, its output appended to ``log``; raise (with the log's tail) if it fails.
+    ``env``: the whole environment (none of this process's: the host's pip settings stay out of a root)."""
     with log.open("ab") as out:
         out.write(f"$ {' '.join(map(str, args))}\n".encode())
         out.flush()
         rc = subprocess.run([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, check=False,
-                            env={**os.environ, **(env or {})}).returncode
+                            env=env).returncode
     if check and rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"{' '.join(map(str, args[:6]))} failed ({rc}):\n{tail}")
@@ -85,7 +88,7 @@ def upgrade_package(deb: Path, out_dir: Path) -> tuple[Path, str]:
         newer = f"{version}+rebuild1"
         (tree / "DEBIAN" / "control").write_text(control.replace(f"Version: {version}\n", f"Version: {newer}\n"))
         target = out_dir / f"city-gateway_{newer}_all.deb"
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(tree), str(target)],
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree), str(target)],
                        check=True, stdout=subprocess.DEVNULL)
         return target, newer
     finally:
@@ -115,6 +118,7 @@ class Root:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
         sh("tar", "-C", self.path, "-xzf", self.tarball, log=self.log)
+        self.path.chmod(0o755)  # a root's / as on a machine (the tarball's may be mktemp's 0700)
         sh(ROOTS_SH, "mount", self.path, log=self.log)
         return self
 
@@ -124,8 +128,7 @@ class Root:
             shutil.rmtree(self.path, ignore_errors=True)  # kept after a failure, to look into
 
     def run(self, *args: str, check: bool = True) -> int:
-        env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        return sh("chroot", self.path, *args, log=self.log, check=check, env=env)
+        return sh(CHROOT, self.path, *args, log=self.log, check=check, env=ROOT_ENV)
 
     def install(self, deb: Path) -> None:
         shutil.copy(deb, self.path / "tmp" / deb.name)
@@ -143,9 +146,9 @@ class Root:
         uid, gid = self.ids("gateway")
         out = self.log.open("ab")
         try:
-            return subprocess.Popen(["chroot", f"--userspec={uid}:{gid}", str(self.path), "/usr/bin/gateway", "run",
+            return subprocess.Popen([CHROOT, f"--userspec={uid}:{gid}", str(self.path), "/usr/bin/gateway", "run",
                                      "-c", "/etc/gateway/gateway.yaml"], stdout=out, stderr=subprocess.STDOUT,
-                                    env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+                                    env=ROOT_ENV)
         finally:
             out.close()
 
@@ -261,7 +264,7 @@ def _upgrade(root: Root, newer_deb: Path, newer_version: str, broker: Mosquitto,
     step = time.monotonic()
     root.install(newer_deb)
     result.timed("upgrade", step)
-    installed = subprocess.run(["chroot", str(root.path), "dpkg-query", "-W", "-f=${Version}", "city-gateway"],
+    installed = subprocess.run([CHROOT, str(root.path), "dpkg-query", "-W", "-f=${Version}", "city-gateway"],
                                capture_output=True, text=True, check=True).stdout
     after = (hashlib.sha256(config.read_bytes()).hexdigest(), root.buffer_meta(),
              (root.path / "var/lib/gateway/seq.json").read_text())

@@ -83,6 +83,7 @@ build() {  # build SUITE ARCH -> prints the tarball
     command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install debootstrap"
     mkdir -p "$CACHE"
     dir=$(mktemp -d "$CACHE/.build-$suite-$arch.XXXXXX")
+    chmod 0755 "$dir"  # the root's /: every user must get through it
     log=$CACHE/$suite-$arch.debootstrap.log
     say "$suite/$arch: debootstrap from $(mirror) (log: $log)"
     if ! debootstrap --arch="$arch" --variant=minbase --include="$INCLUDE" \
