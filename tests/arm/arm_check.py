@@ -73,7 +73,8 @@ def sh(*args: str | Path, log: Path, check: bool = True, env: dict[str, str] | N
         rc = subprocess.run([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, check=False,
                             env=env).returncode
     if check and rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        lines = [line for line in log.read_text(errors="replace").splitlines() if "(Reading database" not in line]
+        tail = "\n".join(lines[-12:])
         raise RuntimeError(f"{' '.join(map(str, args[:6]))} failed ({rc}):\n{tail}")
     return rc
 
