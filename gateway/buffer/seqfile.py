@@ -22,7 +22,7 @@ from gateway.atomic import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 1  # every later format keeps "next_seq" (device -> lowest seq not reserved) as it is
 SEQ_RESERVE = 10_000  # seqs reserved per device each time seq.json is rewritten
 _DB_SUFFIXES = ("", "-wal", "-shm")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -36,7 +36,8 @@ def load_marks(path: Path) -> dict[str, int] | None:
     """
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc["format"] != FORMAT:
+        # A later format keeps next_seq as it is: an older gateway, rolled back to, still numbers above it.
+        if not isinstance(doc["format"], int) or doc["format"] < FORMAT:
             raise ValueError(f"unknown format {doc['format']!r}")
         return {str(dev): int(seq) for dev, seq in doc["next_seq"].items()}
     except FileNotFoundError:

@@ -1,7 +1,8 @@
 """The buffer's SQLite side, run only on the buffer's writer thread (see gateway.buffer.queue):
 one connection, one fsynced transaction per commit, seqs assigned in it.
 
-On disk (``buffer.db``, WAL mode, synchronous=FULL)::
+On disk (``buffer.db``, WAL mode, synchronous=FULL; ``PRAGMA user_version``: its schema version,
+see gateway.buffer.schema for what an older gateway does with a newer file)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)  -- format, id, pending, bytes, evicted, next_row,
                                                -- quarantined, and "seq:<device>": the device's next seq
@@ -42,6 +43,7 @@ from typing import Any
 
 import cbor2
 
+from gateway.buffer import schema
 from gateway.buffer.cap import Cap, live_bytes
 from gateway.buffer.pointsets import PointSets
 from gateway.buffer.seqfile import Marks, Witness, boot_id, set_aside
@@ -52,7 +54,6 @@ logger = logging.getLogger("gateway.buffer.queue")  # one log name for the buffe
 DB_NAME = "buffer.db"
 MARKS_NAME = "seq.json"
 WITNESS_NAME = "seq.witness"
-FORMAT = 1
 FIRST_SEQ = 1  # a device's first reading; next_seq - 1 is then "the last seq committed" (0: none)
 CHECKPOINT_EVERY = 60  # commits between wal_checkpoint(TRUNCATE)
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
@@ -72,7 +73,7 @@ FS_SLACK = 1 << 20  # an eviction episode lasts until the database has this much
 _UNUSABLE_CODES = frozenset({10, 11, 26})
 _CORRUPT_CODES = frozenset({11, 26})
 
-_SCHEMA = """
+_SCHEMA = f"""
 BEGIN;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pointset(
@@ -84,7 +85,8 @@ CREATE TABLE IF NOT EXISTS quarantine(
     row INTEGER PRIMARY KEY, device TEXT NOT NULL, seq0 INTEGER NOT NULL, n INTEGER NOT NULL,
     ts INTEGER NOT NULL, names_units BLOB NOT NULL, v BLOB NOT NULL, e BLOB, c BLOB, reason TEXT NOT NULL);
 INSERT OR IGNORE INTO meta
-    VALUES ('format', 1), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1), ('quarantined', 0);
+    VALUES ('format', {schema.FORMAT}), ('pending', 0), ('bytes', 0), ('evicted', 0), ('next_row', 1),
+           ('quarantined', 0);
 COMMIT;
 """
 _DELETE_ACKED = ("DELETE FROM batch WHERE row IN (SELECT value FROM json_each(?))"
@@ -148,15 +150,19 @@ class Store:
             logger.warning("buffer: a WAL without its database was set aside as %s", orphan)
         self.witness = Witness(data_dir / WITNESS_NAME, boot_id())
         self.recovered = False
+        newer = False
         try:
             self.conn = self._connect()
+        except schema.NewerSchema as exc:
+            newer = True
+            self._set_aside_newer(exc)
         except sqlite3.DatabaseError as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if not isinstance(exc, _CorruptError) and code not in _UNUSABLE_CODES:
                 raise
             self._start_fresh(exc)
         reached = self.witness.reached(self.db_id)
-        self._reconcile_marks(complete=reached is not None and self.next_row >= reached)
+        self._reconcile_marks(complete=reached is not None and self.next_row >= reached, quiet=newer)
 
     def _start_fresh(self, exc: BaseException, kept: str = "") -> None:
         """Move the unusable file aside (loudly) and open a fresh one in its place."""
@@ -164,6 +170,14 @@ class Store:
         logger.error("buffer database %s is unusable (%s): moved aside to %s; started a fresh one,"
                      " %sits unsent readings are not forwarded", self.path, exc, aside, kept)
         self.recovered = True
+        self.conn = self._connect()
+
+    def _set_aside_newer(self, exc: schema.NewerSchema) -> None:
+        """Keep a newer gateway's file whole for it (one log line) and open a fresh one in its place."""
+        aside = set_aside(self.path, "newer")
+        logger.error("buffer database %s was written by a newer gateway (%s): set aside, kept whole, as %s;"
+                     " its unsent readings are not sent by this version; started a fresh one, seq continues"
+                     " above the marks in %s", self.path, exc, aside, self.marks_path)
         self.conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -177,6 +191,7 @@ class Store:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         self.pointsets = PointSets()  # forget a bad file
+        version = schema.check(conn)  # before anything is written: a newer file stays as it is
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new database
         if (mode := conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL mode (got {mode!r})")
@@ -186,10 +201,9 @@ class Store:
         if (problems := [r[0] for r in conn.execute("PRAGMA quick_check(3)")]) != ["ok"]:
             raise _CorruptError("; ".join(problems))
         conn.executescript(_SCHEMA)
+        schema.migrate(conn, version)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (secrets.randbits(62),))  # this file's
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        if meta["format"] != FORMAT:
-            raise RuntimeError(f"{self.path}: unknown buffer format {meta['format']}")
         self.pending, self.bytes, self.evicted = meta["pending"], meta["bytes"], meta["evicted"]
         self.next_row, self.quarantined, self.db_id = meta["next_row"], meta["quarantined"], meta["id"]
         self.next_seq = {key[4:]: seq for key, seq in meta.items() if key.startswith("seq:")}
@@ -198,8 +212,9 @@ class Store:
         except ValueError as exc:
             raise _CorruptError(str(exc)) from exc
 
-    def _reconcile_marks(self, *, complete: bool) -> None:
+    def _reconcile_marks(self, *, complete: bool, quiet: bool = False) -> None:
         """Continue each device's seq above the highest of the database and the marks; rebuild marks.
+        ``quiet``: the reason (a file set aside) is logged already.
 
         The marks are reserved and fsynced before a commit uses them, so they cover everything ever
         published, also when the database went back in time (see Marks.ahead_of).
@@ -209,9 +224,10 @@ class Store:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.executemany(_UPSERT_META, [(f"seq:{dev}", seq) for dev, seq in ahead.items()])
             self.next_seq.update(ahead)
-            logger.warning("buffer: the database %s is behind the seq marks in %s for %d devices (a power cut,"
-                           " a copy put back or lost writes); their seq continues above the marks",
-                           self.path, self.marks_path, len(ahead))
+            if not quiet:
+                logger.warning("buffer: the database %s is behind the seq marks in %s for %d devices (a power"
+                               " cut, a copy put back or lost writes); their seq continues above the marks",
+                               self.path, self.marks_path, len(ahead))
         self.marks.cover(self.next_seq)
 
     def close(self) -> None:
