@@ -8,7 +8,6 @@ in a thread (``step``), so the device keeps answering while the browser waits.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,7 +16,7 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.gateway_proc import GatewayProcess
-from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
+from tests.support.modbus_server import ModbusTestServer, Request
 from tests.support.wait import wait_until
 from tests.support.webpage import PASSWORD, start_page_gateway, writes
 
@@ -34,17 +33,6 @@ POINTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> None:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-@pytest.fixture
-async def server(start_modbus: StartModbus) -> ModbusTestServer:
-    srv = await start_modbus(holding=[(0, 100)])
-    await srv.set_registers("holding", 10, [200])
-    await srv.set_registers("holding", 20, [7])
-    return srv
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ CSRF, the login throttle, writes; and that a gateway with the page off never imp
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from tests.support.broker import Mosquitto
 from tests.support.certs import make_pki
 from tests.support.gateway_proc import GatewayProcess, base_config, new_gateway
-from tests.support.modbus_server import ModbusTestServer, Request, StartModbus
+from tests.support.modbus_server import ModbusTestServer, Request
 from tests.support.wait import wait_until_async
 from tests.support.webpage import PASSWORD, PageClient, csrf_of, start_page_gateway, writes
 
@@ -24,16 +23,6 @@ SETPOINT = {"name": "setpoint", "address": 10, "type": "int16", "scale": 0.1, "u
             "min": 5, "max": 35}
 
 
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> None:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-@pytest.fixture
-async def server(start_modbus: StartModbus) -> ModbusTestServer:
-    srv = await start_modbus(holding=[(0, 100)])
-    await srv.set_registers("holding", 10, [200])
-    return srv
 
 
 def meter(server: ModbusTestServer) -> dict[str, Any]:
