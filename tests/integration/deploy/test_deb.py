@@ -20,6 +20,7 @@ import pytest
 
 from gateway import __version__
 from tests.support import REPO
+from tests.support.fakeroot import fresh_root
 from tests.support.needs import have_tool, require_tool, unavailable
 
 pytestmark = pytest.mark.integration
@@ -130,15 +131,7 @@ class Sandbox:
     DPKG_ROOT set (what `dpkg --root` does): systemd is never asked, files are edited in the root."""
 
     def __init__(self, deb: Path, base: Path, bin_dir: Path | None = None) -> None:
-        self.deb, self.root, self.control = deb, base / "root", base / "control"
-        etc = self.root / "etc"
-        etc.mkdir(parents=True)
-        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-        (etc / "group").write_text("root:x:0:\ndialout:x:20:\n")
-        (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-        (etc / "gshadow").write_text("root:*::\ndialout:*::\n")
-        for name in ("shadow", "gshadow"):
-            (etc / name).chmod(0o640)
+        self.deb, self.root, self.control = deb, fresh_root(base / "root"), base / "control"
         assert run(["dpkg-deb", "-e", str(deb), str(self.control)]).returncode == 0
         # python3 is the Python running these tests (a venv-capable one), as Debian's would be.
         self.bin = bin_dir or base / "bin"

@@ -25,6 +25,7 @@ from gateway.config.load import load_config
 from gateway.daemon.daemon import Daemon
 from tests.support import REPO
 from tests.support.broker import Mosquitto, free_port
+from tests.support.fakeroot import fresh_root
 from tests.support.gateway_proc import base_config, write_config
 from tests.support.needs import have_tool, require_tool, unavailable
 from tests.support.wait import wait_until, wait_until_async
@@ -161,19 +162,6 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if done.returncode != 0 or not list(house.glob("city_gateway-*.whl")):
         unavailable(f"the wheels cannot be built here (no package index?): {done.stderr[-500:]}")
     return house
-
-
-def fresh_root(root: Path) -> Path:
-    """The bits of /etc a Debian system has that the installer touches: users and groups."""
-    etc = root / "etc"
-    etc.mkdir(parents=True)
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\ndialout:x:20:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\ndialout:*::\n")
-    for name in ("shadow", "gshadow"):
-        (etc / name).chmod(0o640)
-    return root
 
 
 def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
