@@ -85,6 +85,10 @@ class Fleet:
         self.last = self.store.last
         self._results = 0
         self._watch: asyncio.Task[None] | None = None
+        # Requests are judged one at a time in the order they arrived: each is answered in a task of
+        # its own, and reading the keys in a thread would otherwise let a later push overtake an
+        # earlier one (the earlier then refused as "another push is in its trial").
+        self._in_order = asyncio.Lock()
 
     # -- which config runs ----------------------------------------------------------------------
 
@@ -157,7 +161,12 @@ class Fleet:
     # -- requests -------------------------------------------------------------------------------
 
     async def handle(self, kind: str, payload: bytes, retained: bool) -> None:
-        """Answer one request (through the outbox); a push is taken into a trial or refused."""
+        """Answer one request (through the outbox); a push is taken into a trial or refused. Requests
+        are taken in the order they arrived (asyncio.Lock wakes its waiters first come, first served)."""
+        async with self._in_order:
+            await self._handle(kind, payload, retained)
+
+    async def _handle(self, kind: str, payload: bytes, retained: bool) -> None:
         version: Any = None
         id: str | None = None
         try:
