@@ -60,6 +60,7 @@ class BenchOptions:
     scenarios: tuple[str, ...] = SCENARIOS
     drain_readings: int = 300_000
     data_dir: Path | None = None
+    shapes: tuple[tuple[int, int], ...] = MANY_SHAPES
 
 
 class Bench(RunSteps):
@@ -193,7 +194,7 @@ class Bench(RunSteps):
     def scenario_many(self) -> dict[str, Any]:
         """Many small devices every second (MANY_SHAPES), default settings: what a device's poll costs."""
         out: dict[str, Any] = {"ok": True}
-        for devices, points in MANY_SHAPES:
+        for devices, points in self.opts.shapes:
             group = DeviceGroup("dev", devices, points, MODERATE_INTERVAL, self.opts.signals,
                                 self.tmp / "stop.flag")
             run = self.steady(f"many-{devices}x{points}", [group], self.opts.encoding, self.opts.duration)
@@ -264,11 +265,23 @@ def options_from_args(args: Any) -> BenchOptions:
             raise ValueError(f"--broker: {args.broker!r} is not HOST:PORT")
         broker = (host, int(port))
     return BenchOptions(
+        shapes=_shapes(args.shapes),
         devices=args.devices, points=args.points, interval=args.interval, duration=args.duration,
         warmup=args.warmup, encoding=args.encoding, signals=signals, commit_interval=args.commit_interval,
         broker=broker, scenarios=tuple(dict.fromkeys(names)), drain_readings=args.drain_readings,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
+
+
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``1000x1,100x10`` as ((1000, 1), (100, 10)); ValueError naming the bad entry."""
+    out = []
+    for entry in text.split(","):
+        devices, _, points = entry.strip().partition("x")
+        if not (devices.isdigit() and points.isdigit() and int(devices) > 0 and int(points) > 0):
+            raise ValueError(f"--shapes: {entry.strip()!r} is not DEVICESxPOINTS (e.g. 1000x1)")
+        out.append((int(devices), int(points)))
+    return tuple(out)
 
 
 def run_bench(opts: BenchOptions, *, as_json: bool = False) -> int:

@@ -123,8 +123,11 @@ class GatewayProcess:
         with open(self.log_path, "ab") as log:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             self.spawned_at = time.monotonic()
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+            # GATEWAY_BENCH_PROFILE=FILE: the gateway runs under cProfile (its main thread), stats to FILE.
+            profile = os.environ.get("GATEWAY_BENCH_PROFILE")
+            under = ["-m", "cProfile", "-o", profile] if profile else []
+            argv = [sys.executable, *under, "-m", "gateway.cli", "run", "-c", str(self.config_path)]
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         return self
 
     @property

@@ -101,7 +101,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "moderate load polls on), wire (cbor and json at the "
                     "moderate load, at most 5 s each), startup, failover (the broker node the gateway "
                     "is on is killed: a three-node NATS cluster, or two Mosquittos without nats-server), "
-                    "many (1,000 devices x 1 point and 100 x 10, every second, whatever --devices and --points).",
+                    "many (1,000 devices x 1 point and 100 x 10, or --shapes, every second, whatever --devices "
+                    "and --points). GATEWAY_BENCH_PROFILE=FILE runs the gateway under cProfile, its stats to FILE.",
     )
     bench.add_argument("--scenario", default="all",
                        help="comma list of load,saturation,moderate,modbus,drain,wire,startup,failover,many"
@@ -121,6 +122,8 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="the buffer's commit interval (default 1s)")
     bench.add_argument("--drain-readings", type=_positive, default=300_000,
                        help="backlog the drain scenario builds with the broker away (default 300000)")
+    bench.add_argument("--shapes", default="1000x1,100x10",
+                       help="the many scenario's shapes, a comma list of DEVICESxPOINTS (default 1000x1,100x10)")
     bench.add_argument("--broker", metavar="HOST:PORT", default=None,
                        help="use this broker instead of a private Mosquitto "
                             "(the drain and failover scenarios are skipped)")

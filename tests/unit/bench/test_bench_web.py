@@ -11,12 +11,24 @@ from gateway.bench.report import render
 def args(scenario: str) -> argparse.Namespace:
     return argparse.Namespace(scenario=scenario, signals="counter", broker=None, devices=1, points=1, interval=1.0,
                               duration=1.0, warmup=0.0, encoding="cbor", commit_interval=1.0, drain_readings=1,
-                              data_dir=None)
+                              data_dir=None, shapes="1000x1,100x10")
 
 
 def test_the_web_scenario_runs_only_when_named() -> None:
     assert "web" not in options_from_args(args("all")).scenarios == SCENARIOS
     assert options_from_args(args("moderate,web")).scenarios == ("moderate", "web")
+
+
+def test_the_many_shapes_are_read_and_a_bad_one_is_named() -> None:
+    assert options_from_args(args("many")).shapes == ((1000, 1), (100, 10))
+    bad = args("many")
+    bad.shapes = "1000x1,ten"
+    try:
+        options_from_args(bad)
+    except ValueError as exc:
+        assert "'ten'" in str(exc)
+    else:
+        raise AssertionError("a bad --shapes entry was taken")
 
 
 def test_the_web_table_gives_the_medians_and_the_increases() -> None:
