@@ -198,9 +198,25 @@ class Bench(RunSteps):
             group = DeviceGroup("dev", devices, points, MODERATE_INTERVAL, self.opts.signals,
                                 self.tmp / "stop.flag")
             run = self.steady(f"many-{devices}x{points}", [group], self.opts.encoding, self.opts.duration)
+            run["floor"] = self._mqtt_floor(f"many-{devices}x{points}", run)
             out[f"{devices}x{points}"] = run
             out["ok"] = out["ok"] and run["ok"]
         return out
+
+    def _mqtt_floor(self, name: str, run: dict[str, Any]) -> dict[str, Any]:
+        """The run's messages/s and message size published with no gateway (gateway.bench.mqttfloor)."""
+        from gateway.bench.mqttfloor import run_floor
+
+        rate = round(run.get("messages_per_s") or 0)
+        per_message = (run.get("wire_payload_bytes_per_reading") or 0) * (run.get("readings_per_message") or 0)
+        if rate <= 0:
+            return {"error": "the run sent no messages"}
+        window = min(self.opts.duration, FLOOR_WINDOW)
+        self.progress.step(f"{name}: the floor, the MQTT client alone", f"{1 + window:g} s")
+        try:
+            return run_floor(self.port, rate, max(round(per_message), 1), host=self.host, window=window)
+        except BenchError as exc:  # a reference figure: the gateway's own run still stands
+            return {"error": str(exc)}
 
     def scenario_startup(self) -> dict[str, Any]:
         """Process spawn to the first reading delivered, at the moderate load."""

@@ -67,6 +67,7 @@ def window_figures(window: Window, offered: float) -> dict[str, Any]:
         "peak_rss_window_bytes": last.proc.peak_rss,
         "bench_cpu_percent": (last.bench_cpu_s - first.bench_cpu_s) / dt * 100,
     }
+    out["cpu_us_per_message"] = cpu_rate / out["messages_per_s"] * 1e6 if out["messages_per_s"] > 0 else None
     requests = last.totals.get("requests", 0) - first.totals.get("requests", 0)
     driver_polls = last.totals.get("driver_polls", 0) - first.totals.get("driver_polls", 0)
     if requests and driver_polls:  # drivers that count their requests (modbus): did the reads coalesce?

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.bench.groups import GroupShape
-from gateway.bench.run import LOOPBACK, BenchError
+from gateway.bench.run import LOOPBACK, BenchError, child_json, child_main
 
 MODBUS_REGISTERS = 100  # holding registers 0..99, one uint16 point each
 MODBUS_INTERVAL = 0.1  # seconds between polls
@@ -177,15 +175,7 @@ def run_floor(client: str, port: int, *, unit: int = 1, registers: int = MODBUS_
     argv = [sys.executable, "-m", "gateway.bench.modbus", "--client", client, "--port", str(port),
             "--unit", str(unit), "--registers", str(registers), "--interval", str(interval),
             "--warmup", str(warmup), "--window", str(window)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=warmup + window + 30.0, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"modbus floor ({client}): no result within {warmup + window + 30.0:g} s") from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise BenchError(f"modbus floor ({client}): {why}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return child_json(argv, f"modbus floor ({client})", warmup + window + 30.0)
 
 
 class _Answers(asyncio.Protocol):
@@ -285,13 +275,7 @@ def _floor_cli(argv: list[str]) -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--window", type=float, default=5.0)
     a = ap.parse_args(argv)
-    try:
-        result = asyncio.run(_floor(a.client, a.port, a.unit, a.registers, a.interval, a.warmup, a.window))
-    except (BenchError, OSError, TimeoutError) as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return child_main(_floor(a.client, a.port, a.unit, a.registers, a.interval, a.warmup, a.window))
 
 
 if __name__ == "__main__":

@@ -138,9 +138,8 @@ def _drain_rows(r: dict[str, Any]) -> list[Row]:
 
 def _many_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for shape in ("1000x1", "100x10"):
-        e = r.get(shape)
-        if not e or "delivered_per_s" not in e:
+    for shape, e in r.items():
+        if not isinstance(e, dict) or "delivered_per_s" not in e:
             continue
         rows += [
             (f"{shape}: CPU", f"{_f(e.get('cpu_us_per_reading'))} µs/reading",
@@ -152,7 +151,22 @@ def _many_rows(r: dict[str, Any]) -> list[Row]:
         ]
         if "produced" in e:
             rows.append((f"{shape}: check", *_check(e)[1:]))
+        rows += _mqtt_floor_rows(shape, e)
     return rows
+
+
+def _mqtt_floor_rows(shape: str, e: dict[str, Any]) -> list[Row]:
+    """The MQTT client alone at the run's messages/s (gateway.bench.mqttfloor), and the gateway beside it."""
+    floor = e.get("floor")
+    if not floor:
+        return []
+    if "error" in floor:
+        return [(f"{shape}: floor", "-", floor["error"])]
+    gateway = e.get("cpu_us_per_message")
+    beside = f"; the gateway: {_f(gateway)} µs per message" if gateway is not None else ""
+    return [(f"{shape}: floor", f"{_f(floor['cpu_us_per_message'])} µs/message",
+             f"the MQTT client alone (QoS 1, {floor['inflight']} in flight), {_num(floor['rate'])} messages/s"
+             f" of {floor['payload_bytes']} B{beside}")]
 
 
 # The wire scenario's runs; the metered ones: packed (and deflated) with linger, on sensor-like data.

@@ -7,14 +7,16 @@ from ``/proc/<pid>/io``, and, at exit, all three for the whole run from ``wait4(
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,31 @@ class BenchError(RuntimeError):
 
 
 # -- /proc ------------------------------------------------------------------------------------------
+
+
+def child_json(argv: list[str], what: str, limit: float) -> dict[str, Any]:
+    """Run a measuring child (``argv``) that prints one JSON object; BenchError naming ``what`` if it
+    fails or takes longer than ``limit`` seconds. A child measures alone what no gateway shares."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what}: no result within {limit:g} s") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise BenchError(f"{what}: {why}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def child_main(measure: Coroutine[Any, Any, dict[str, Any]]) -> int:
+    """A measuring child's end: run ``measure``, print its JSON (0), or one line to stderr (1)."""
+    try:
+        result = asyncio.run(measure)
+    except Exception as exc:  # BenchError, OSError, a client library's error: one line, no traceback
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:

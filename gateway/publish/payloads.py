@@ -44,6 +44,12 @@ class Payloads:
     def of(self, device: str, group: list[StoredBatch]) -> list[Part]:
         """``group`` encoded, poison set aside, halved by batches until each message fits ``batch.max_bytes``."""
         m = self.mqtt
+        try:  # the common case, without the partial and the lists of the general one
+            payload = encode_telemetry(self.gateway_id, device, group, fmt=m.encoding, compress=m.compress)
+        except Exception:  # poison somewhere: encode_parts below finds it
+            pass
+        else:
+            return [(group, payload)] if len(payload) <= m.batch.max_bytes else self._fit(device, group, payload)
         encode = functools.partial(encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress)
         parts, poison = encode_parts(encode, group)
         if poison:

@@ -285,15 +285,18 @@ class Session:
     async def _send_ready(self, device: str, batches: list[StoredBatch], due: bool) -> list[StoredBatch]:
         """Send the full messages of ``batches`` (all of them if ``due``); return what is left."""
         limit = self.pub.mqtt.batch.max_readings
-        groups = [group for _, group in messages_of(batches, limit)]
+        # one poll (the common case of a small device) is one message: no grouping to do
+        groups = [batches] if len(batches) == 1 else [group for _, group in messages_of(batches, limit)]
         if not due and sum(len(b) for b in groups[-1]) < limit:
             groups, keep = groups[:-1], groups[-1]
         else:
             keep = []
         loop = asyncio.get_running_loop()
+        paced = self.pub.mqtt.max_rate is not None
         for group in groups:
             for part, payload in self.pub.payloads.of(device, group):
-                await self._pace(sum(len(b) for b in part))
+                if paced:
+                    await self._pace(sum(len(b) for b in part))
                 await self.window.acquire()  # released by the PUBACK (_acked)
                 self._send(device, part, payload)
                 if loop.time() - self._yielded >= YIELD_EVERY:  # a long backlog must not starve the polls

@@ -30,10 +30,14 @@ _POINT_KEY = cbor2.dumps("point")
 _VALUE_KEY = cbor2.dumps("value")
 _UNIT_KEY = cbor2.dumps("unit")
 _FLOAT_HEAD = b"\xfb"
-_CACHE_MAX = 256  # layouts kept (a layout is one point set with one pattern of value types)
+# Layouts kept (a layout is one point set with one pattern of value types). Keyed by the point
+# set's contents, so a thousand devices of one model share one layout; room for a cabinet of
+# distinct small devices, so one message per device never rebuilds its layout (a full cache is
+# emptied and refilled).
+_CACHE_MAX = 2048
 
 # (names, units, value types, wide seq, wide ints) -> the layout: a Struct and its argument template
-_layouts: dict[tuple[int, int, tuple[type, ...], bool, bool], _Layout] = {}
+_layouts: dict[tuple[tuple[str, ...], tuple[str | None, ...], tuple[type, ...], bool, bool], _Layout] = {}
 
 
 class _Layout:
@@ -106,9 +110,9 @@ def batch_records(batch: StoredBatch) -> bytes | None:
         return None
     wide_seq = seq0 + n > _U32
     for wide_int in (False, True):  # ints in 4 bytes, else (struct.error) in 8
-        key = (id(batch.names), id(batch.units), types, wide_seq, wide_int)
+        key = (batch.names, batch.units, types, wide_seq, wide_int)
         layout = _layouts.get(key)
-        if layout is None or layout.names is not batch.names or layout.units is not batch.units:
+        if layout is None:
             if any(t is not float and t is not int for t in types):  # bool, a float or int subclass...
                 return None
             if len(_layouts) >= _CACHE_MAX:

@@ -82,7 +82,8 @@ def encode_telemetry(
     raise ValueError(f"unknown telemetry encoding {fmt!r} (use cbor or json)")
 
 
-@functools.lru_cache(maxsize=256)
+# Room for every device of a big cabinet: an evicted head is built again for each of its messages.
+@functools.lru_cache(maxsize=4096)
 def _cbor_head(gateway_id: str, device: str) -> bytes:
     """The readable CBOR message up to its readings: a map of 3, "gateway", "device", "readings"."""
     return b"\xa3" + b"".join(cbor2.dumps(x) for x in ("gateway", gateway_id, "device", device, "readings"))

@@ -111,6 +111,11 @@ def test_many_scenario_runs_both_shapes_whatever_devices_and_points() -> None:
         # CPU per poll is CPU per reading times the readings a poll makes (the same window)
         assert run["cpu_us_per_poll"] == pytest.approx(
             run["cpu_us_per_reading"] * run["delivered_per_s"] / run["polls_per_s"])
+        # The floor: the MQTT client alone at the run's rate and message size, every message acked
+        floor = run["floor"]
+        assert floor["rate"] == round(run["messages_per_s"]), floor
+        assert floor["payload_bytes"] == round(run["wire_payload_bytes_per_reading"] * run["readings_per_message"])
+        assert floor["messages"] >= floor["rate"] and floor["cpu_us_per_message"] > 0, floor
 
 
 def test_modbus_scenario() -> None:

@@ -58,3 +58,18 @@ def test_the_many_scenario_shows_cpu_per_poll_messages_and_the_check_per_shape()
     assert "1,000 messages/s" in by_label["1000x1: delivered"][1]
     assert by_label["1000x1: check"][0] == "OK"
     assert by_label["100x10: check"][0] == "LOST" and "3 missing" in by_label["100x10: check"][1]
+
+
+def test_the_many_scenario_shows_the_mqtt_floor_beside_the_gateway_per_message() -> None:
+    small = {**RUN, "cpu_us_per_reading": 220.0, "cpu_us_per_poll": 221.0, "cpu_us_per_message": 223.6,
+             "messages_per_s": 996.0, "polls_per_s": 996.0,
+             "floor": {"messages": 4980, "rate": 996, "payload_bytes": 103, "inflight": 20, "cpu_s": 0.7,
+                       "cpu_us_per_message": 142.6}}
+    failed = {**small, "floor": {"error": "mqtt floor: ConnectionRefusedError: refused"}}
+    rows = _many_rows({"ok": True, "1000x1": small, "50x3": failed})
+    by_label = {label: (value, note) for label, value, note in rows}
+    value, note = by_label["1000x1: floor"]
+    assert value == "142.6 µs/message"
+    assert "996 messages/s of 103 B" in note and "the gateway: 223.6 µs per message" in note
+    assert by_label["50x3: floor"] == ("-", "mqtt floor: ConnectionRefusedError: refused")
+    assert "50x3: CPU" in by_label  # any shape of --shapes, not only the two defaults
