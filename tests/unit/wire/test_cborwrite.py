@@ -71,3 +71,28 @@ def test_array_head_matches_cbor2_at_every_boundary() -> None:
     for n in (0, 23, 24, 255, 256, 65535, 65536):
         assert array_head(n) == cbor2.dumps([None] * n)[:len(array_head(n))]
         assert cbor2.loads(array_head(n) + b"\xf6" * n) == [None] * n
+
+
+def test_devices_of_one_model_share_one_layout_and_a_thousand_keep_theirs() -> None:
+    """The layouts are keyed by the point set's contents: a thousand devices of one model (equal but
+    distinct tuples, as each device's config makes them) take one layout, and a thousand devices of
+    distinct one-point sets all stay cached, so no message rebuilds its layout."""
+    from gateway.wire import cbor
+
+    cbor._layouts.clear()
+
+    def one(name: str, unit: str | None) -> StoredBatch:
+        return StoredBatch(row=1, device=name, seq0=1, ts=1_700_000_000_000, names=tuple(["level"]),
+                           units=(unit,), values=[1.5], errors=None, unsynced=None)
+
+    same = [one(f"d{i}", "m") for i in range(1000)]
+    assert len({id(b.names) for b in same}) > 1  # distinct objects of equal contents
+    assert len({batch_records(b) for b in same}) == 1
+    assert len(cbor._layouts) == 1
+    distinct = [one(f"d{i}", f"u{i}") for i in range(1000)]
+    for b in distinct:
+        batch_records(b)
+    built = dict(cbor._layouts)
+    for b in distinct:  # the second round finds every layout built by the first
+        batch_records(b)
+    assert len(built) == 1001 and all(cbor._layouts[k] is v for k, v in built.items())
