@@ -306,7 +306,10 @@ class Publisher:
             clean_session=True,
             keepalive=max(1, round(m.keepalive)),
             timeout=m.publish_timeout,  # CONNACK and DISCONNECT waits
-            max_inflight_messages=m.max_inflight,
+            # 0: paho keeps no limit of its own. Every QoS 1 publish already waits for a slot of the
+            # session's window (mqtt.max_inflight), and with a limit paho walks all its messages in
+            # flight on every PUBACK (_update_inflight): ~10 µs a message at 20 in flight.
+            max_inflight_messages=0,
             tls_context=tls,
             socket_options=socket_options(m.publish_timeout),
             logger=paho_log,
