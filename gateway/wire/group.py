@@ -16,6 +16,7 @@ gateway.wire.encoding's ``decode_telemetry`` and ``split_devices``.
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Sequence
@@ -30,17 +31,24 @@ from gateway.wire.packed import packed_columns
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _CBOR_PART_HEAD = b"\xa2" + cbor2.dumps("device")  # + NAME + "readings" + the readings
 _READINGS = cbor2.dumps("readings")
+_HEADS_KEPT = 4096  # devices whose CBOR entry head is kept (a group message is for many devices)
 
 
 def encode_part(device: str, batches: Sequence[StoredBatch], fmt: Encoding = "cbor") -> bytes:
     """One device's entry of a group message in ``fmt`` (never deflated: the whole message is)."""
     if fmt == "cbor":
-        return encode_readable(_CBOR_PART_HEAD + cbor2.dumps(device) + _READINGS, batches, readings_of)
+        return encode_readable(_cbor_part_head(device), batches, readings_of)
     if fmt == "json":
         return _dumps({"device": device, "readings": readings_of(batches)}).encode()
     if fmt == "packed":
         return cbor2.dumps({"device": device, **packed_columns(batches)}, canonical=True)
     raise ValueError(f"unknown telemetry encoding {fmt!r} (use cbor, json or packed)")
+
+
+@functools.lru_cache(maxsize=_HEADS_KEPT)
+def _cbor_part_head(device: str) -> bytes:
+    """A device's CBOR entry up to its readings: a map of 2, "device", NAME, "readings"."""
+    return _CBOR_PART_HEAD + cbor2.dumps(device) + _READINGS
 
 
 def encode_group(gateway_id: str, parts: Sequence[bytes], fmt: Encoding = "cbor", *, compress: bool = False) -> bytes:
