@@ -31,14 +31,16 @@ def _seqs(status: dict[str, Any]) -> dict[str, int]:
     return {name: d["seq"] for name, d in status["devices"].items()}
 
 
-@pytest.mark.parametrize("group", [1, 64], ids=["own-topics", "group-of-64"])
+@pytest.mark.parametrize(("group", "encoding"), [(1, "cbor"), (64, "cbor"), (64, "packed")],
+                         ids=["own-topics", "group-of-64", "group-of-64-packed-deflated"])
 def test_every_seq_of_hundreds_of_devices_arrives_and_one_failing_or_removed_disturbs_none(
-    tmp_path: Path, mosquitto: Mosquitto, gateways: list[GatewayProcess], group: int
+    tmp_path: Path, mosquitto: Mosquitto, gateways: list[GatewayProcess], group: int, encoding: str
 ) -> None:
     stop, sick_flag = tmp_path / "stop.flag", tmp_path / "sick.flag"
-    config = base_config(tmp_path / "data", mosquitto.port)
+    config = base_config(tmp_path / "data", mosquitto.port, encoding=encoding)
     if group > 1:
         config["mqtt"].setdefault("batch", {})["devices"] = group
+        config["mqtt"]["compress"] = encoding == "packed"
     # one and three points: a meter's phases beside level sensors
     config["devices"] = [_device(f"d{i:03d}", stop, 1 + 2 * (i % 5 == 0)) for i in range(DEVICES)]
     config["devices"][7]["fail_flag"] = str(sick_flag)  # d007 fails alone
