@@ -90,6 +90,14 @@ def test_max_bytes_bounds_the_whole_message() -> None:
         assert sum(len(devices_of(m)) for m in out) == 40
 
 
+def test_a_device_entry_over_max_bytes_is_halved_by_polls_into_messages_in_order() -> None:
+    batches = fetched([("big", 20)] * 6)  # six polls of 20 points, about 1,100 bytes of JSON each
+    out = grouping(max_bytes=1300).messages([("big", batches)])
+    assert len(out) > 1 and all(len(payload) <= 1300 for _, payload in out)
+    seqs = [r["seq"] for _, payload in out for d in split_devices(decode_telemetry(payload)) for r in d["readings"]]
+    assert seqs == list(range(1, 121))
+
+
 def test_linger_holds_a_device_until_its_message_fills_or_its_time_is_up() -> None:
     g = grouping(max_readings=4, linger="5s")
     held = {b.device: [b] for b in fetched([("full", 4), ("young", 1), ("old", 1)])}
