@@ -61,6 +61,7 @@ class BenchOptions:
     drain_readings: int = 300_000
     data_dir: Path | None = None
     shapes: tuple[tuple[int, int], ...] = MANY_SHAPES
+    group_devices: int = 1  # the many scenario's mqtt.batch.devices (1: one device per message)
 
 
 class Bench(RunSteps):
@@ -192,12 +193,18 @@ class Bench(RunSteps):
         return out
 
     def scenario_many(self) -> dict[str, Any]:
-        """Many small devices every second (MANY_SHAPES), default settings: what a device's poll costs."""
+        """Many small devices every second (MANY_SHAPES), default settings: what a device's poll costs.
+
+        With ``group_devices`` > 1, that many devices share a message (``mqtt.batch.devices``).
+        """
         out: dict[str, Any] = {"ok": True}
+        grouped = self.opts.group_devices
+        mqtt = {"batch": {"devices": grouped}} if grouped > 1 else None
         for devices, points in self.opts.shapes:
             group = DeviceGroup("dev", devices, points, MODERATE_INTERVAL, self.opts.signals,
                                 self.tmp / "stop.flag")
-            run = self.steady(f"many-{devices}x{points}", [group], self.opts.encoding, self.opts.duration)
+            run = self.steady(f"many-{devices}x{points}", [group], self.opts.encoding, self.opts.duration, mqtt)
+            run["group_devices"] = grouped
             run["floor"] = self._mqtt_floor(f"many-{devices}x{points}", run)
             out[f"{devices}x{points}"] = run
             out["ok"] = out["ok"] and run["ok"]
@@ -281,7 +288,7 @@ def options_from_args(args: Any) -> BenchOptions:
             raise ValueError(f"--broker: {args.broker!r} is not HOST:PORT")
         broker = (host, int(port))
     return BenchOptions(
-        shapes=_shapes(args.shapes),
+        shapes=_shapes(args.shapes), group_devices=args.group_devices,
         devices=args.devices, points=args.points, interval=args.interval, duration=args.duration,
         warmup=args.warmup, encoding=args.encoding, signals=signals, commit_interval=args.commit_interval,
         broker=broker, scenarios=tuple(dict.fromkeys(names)), drain_readings=args.drain_readings,

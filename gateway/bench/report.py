@@ -146,7 +146,7 @@ def _many_rows(r: dict[str, Any]) -> list[Row]:
              f"{_f(e.get('cpu_us_per_poll'))} µs per device poll; {e['cpu_percent']:.0f}% of a core"),
             (f"{shape}: delivered", f"{_num(e['delivered_per_s'])} readings/s",
              f"{_pct(e.get('delivered_fraction'))} of offered; {_num(e.get('messages_per_s'))} messages/s,"
-             f" {_num(e.get('polls_per_s'))} polls/s"),
+             f" {_num(e.get('polls_per_s'))} polls/s{_grouped(e)}"),
             (f"{shape}: peak RSS", f"{_mb(e.get('peak_rss_bytes'))} MiB", "whole run"),
         ]
         if "produced" in e:
@@ -167,6 +167,12 @@ def _mqtt_floor_rows(shape: str, e: dict[str, Any]) -> list[Row]:
     return [(f"{shape}: floor", f"{_f(floor['cpu_us_per_message'])} µs/message",
              f"the MQTT client alone (QoS 1, {floor['inflight']} in flight), {_num(floor['rate'])} messages/s"
              f" of {floor['payload_bytes']} B{beside}")]
+
+
+def _grouped(run: dict[str, Any]) -> str:
+    """How the many scenario's messages were made, when not one device per message (--group-devices)."""
+    n = run.get("group_devices", 1)
+    return f"; up to {n:,} devices per message (mqtt.batch.devices)" if n > 1 else ""
 
 
 # The wire scenario's runs; the metered ones: packed (and deflated) with linger, on sensor-like data.

@@ -22,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.wire.encoding import decode_telemetry
+from gateway.wire.encoding import decode_telemetry, split_devices
 
 PUBACK_BYTES = 4  # fixed header, remaining length, packet id
 
@@ -96,7 +96,8 @@ class _Device:
 
 
 class BenchSubscriber:
-    """Subscribes to ``<prefix>/<gateway>/+/telemetry`` and the status topic; counts by seq.
+    """Subscribes to ``<prefix>/<gateway>/+/telemetry``, the group topic ``<prefix>/<gateway>/telemetry``
+    (``mqtt.batch.devices``) and the status topic; counts by seq, a group message per device in it.
 
     ``start()`` connects (retrying while nothing listens, up to ``timeout``) and returns once the
     subscription is acknowledged; ``close()`` disconnects. Counters are safe to read from any thread.
@@ -109,6 +110,7 @@ class BenchSubscriber:
         # Mosquittos: each reading reaches only the broker it was published to).
         self.endpoints = [(host, port), *also]
         self.telemetry_topic = f"{topic_prefix}/{gateway_id}/+/telemetry"
+        self.group_topic = f"{topic_prefix}/{gateway_id}/telemetry"  # several devices per message
         self.status_topic = f"{topic_prefix}/{gateway_id}/status"
         self.first_arrival: float | None = None  # monotonic time of the first telemetry message
         self.status_was_retained: bool | None = None  # the first status seen was older than our SUBACK
@@ -157,7 +159,7 @@ class BenchSubscriber:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
-            client.subscribe([(self.telemetry_topic, 1), (self.status_topic, 1)])
+            client.subscribe([(self.telemetry_topic, 1), (self.group_topic, 1), (self.status_topic, 1)])
 
     def _on_subscribe(self, client: paho.Client, userdata: threading.Event, mid: int, reasons: Any,
                       props: Any) -> None:
@@ -171,23 +173,26 @@ class BenchSubscriber:
             return
         payload = msg.payload
         try:
-            doc = decode_telemetry(payload)
-            device, readings = doc["device"], doc["readings"]
-            seqs = [r["seq"] for r in readings]
-            stamps = Counter([r["ts"] for r in readings])
+            docs = split_devices(decode_telemetry(payload))
+            devices = [(doc["device"], [r["seq"] for r in doc["readings"]]) for doc in docs]
+            stamps = Counter([r["ts"] for doc in docs for r in doc["readings"]])
         except (ValueError, KeyError, TypeError) as exc:
             self.errors.append(f"{msg.topic}: {exc}")
             return
-        if not seqs:
+        readings = sum(len(seqs) for _, seqs in devices)
+        if not readings:
             return
         with self._lock:
             if self.first_arrival is None:
                 self.first_arrival = time.monotonic()
-            tally = self._devices.get(device)
-            if tally is None:
-                tally = self._devices[device] = _Device()
-            self._distinct += tally.mark(seqs)
-            self._readings += len(seqs)
+            for device, seqs in devices:
+                if not seqs:
+                    continue
+                tally = self._devices.get(device)
+                if tally is None:
+                    tally = self._devices[device] = _Device()
+                self._distinct += tally.mark(seqs)
+            self._readings += readings
             self._messages += 1
             self._payload += len(payload)
             self._overhead += mqtt_overhead(msg.topic, len(payload))

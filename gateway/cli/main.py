@@ -124,6 +124,9 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="backlog the drain scenario builds with the broker away (default 300000)")
     bench.add_argument("--shapes", default="1000x1,100x10",
                        help="the many scenario's shapes, a comma list of DEVICESxPOINTS (default 1000x1,100x10)")
+    bench.add_argument("--group-devices", type=_positive, default=1, metavar="N",
+                       help="the many scenario with mqtt.batch.devices N: up to N devices per message on the"
+                            " gateway's group topic (default 1: one device per message)")
     bench.add_argument("--broker", metavar="HOST:PORT", default=None,
                        help="use this broker instead of a private Mosquitto "
                             "(the drain and failover scenarios are skipped)")

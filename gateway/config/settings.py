@@ -68,13 +68,16 @@ class TlsSection(_Strict):
 
 
 class BatchSection(_Strict):
-    """How readings are grouped into telemetry messages (one device per message)."""
+    """How readings are grouped into telemetry messages (one device per message, unless ``devices`` > 1)."""
 
     max_readings: int = Field(default=1000, ge=1)  # readings per message at most
     # bytes per message at most (a fuller message is split by batches; one poll is never split)
     max_bytes: int = Field(default=256 * 1024, ge=256)
     # wait up to this long for a device's message to fill before sending it part full (0: never wait)
     linger: Duration = 0.0
+    # devices per message at most: 1 is one device per message on its own topic; more sends a group
+    # message of several devices on {topic_prefix}/{gateway.id}/telemetry (README "Group messages")
+    devices: int = Field(default=1, ge=1)
 
 
 def _server_entry(value: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from gateway.config.settings import MqttSection
 from gateway.model import StoredBatch
 from gateway.wire.encoding import encode_telemetry
+from gateway.wire.group import encode_part
 
 log = logging.getLogger("gateway.publish.publisher")  # the publisher's decisions, under its name
 
@@ -41,22 +42,28 @@ class Payloads:
         self._oversize_logged: set[str] = set()  # devices whose poll was over batch.max_bytes
         self._poison_logged: set[str] = set()  # devices whose batch could not be encoded
 
-    def of(self, device: str, group: list[StoredBatch]) -> list[Part]:
-        """``group`` encoded, poison set aside, halved by batches until each message fits ``batch.max_bytes``."""
+    def of(self, device: str, group: list[StoredBatch], *, part: bool = False) -> list[Part]:
+        """``group`` encoded, poison set aside, halved by batches until each message fits ``batch.max_bytes``.
+
+        With ``part``, each is the device's entry of a group message (gateway.wire.group), not deflated.
+        """
         m = self.mqtt
-        try:  # the common case, without the partial and the lists of the general one
-            payload = encode_telemetry(self.gateway_id, device, group, fmt=m.encoding, compress=m.compress)
-        except Exception:  # poison somewhere: encode_parts below finds it
-            pass
+        if part:
+            encode: Encode = functools.partial(encode_part, device, fmt=m.encoding)
         else:
-            return [(group, payload)] if len(payload) <= m.batch.max_bytes else self._fit(device, group, payload)
-        encode = functools.partial(encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress)
+            try:  # the common case, without the partial and the lists of the general one
+                payload = encode_telemetry(self.gateway_id, device, group, fmt=m.encoding, compress=m.compress)
+            except Exception:  # poison somewhere: encode_parts below finds it
+                pass
+            else:
+                return self._fit(device, group, payload, False)
+            encode = functools.partial(encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress)
         parts, poison = encode_parts(encode, group)
         if poison:
             self._set_aside(device, poison)
-        return [fitted for part, payload in parts for fitted in self._fit(device, part, payload)]
+        return [fitted for batches, payload in parts for fitted in self._fit(device, batches, payload, part)]
 
-    def _fit(self, device: str, group: list[StoredBatch], payload: bytes) -> list[Part]:
+    def _fit(self, device: str, group: list[StoredBatch], payload: bytes, part: bool) -> list[Part]:
         limit = self.mqtt.batch.max_bytes
         if len(payload) <= limit:
             return [(group, payload)]
@@ -67,7 +74,7 @@ class Payloads:
                             " sent as one message (logged once per device)", device, len(payload), limit)
             return [(group, payload)]
         half = len(group) // 2
-        return self.of(device, group[:half]) + self.of(device, group[half:])
+        return self.of(device, group[:half], part=part) + self.of(device, group[half:], part=part)
 
     def _set_aside(self, device: str, poison: list[Poison]) -> None:
         """Keep batches that cannot be encoded out of the stream for good; said once per device."""

@@ -37,6 +37,7 @@ from gateway.publish import servers
 from gateway.publish.clock import WallClock
 from gateway.publish.fleetlink import FleetHandler
 from gateway.publish.fleetlink import topics as fleet_topics
+from gateway.publish.grouping import Grouping
 from gateway.publish.mqttlink import (
     GatewayClient,
     LinkDead,
@@ -123,6 +124,8 @@ class Publisher:
         self._left: tuple[ServerAddress, str] | None = None  # the node a session was lost on, and why
         self.failovers = 0  # moves to another node since start
         self.payloads = Payloads(mqtt, gateway_id, buffer)  # messages from batches: size, poison
+        # several devices per message (mqtt.batch.devices > 1), else None: one device per message
+        self.grouping = Grouping(mqtt, gateway_id, self.payloads) if mqtt.batch.devices > 1 else None
 
     @property
     def connected(self) -> bool:

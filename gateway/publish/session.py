@@ -265,12 +265,15 @@ class Session:
                 since.setdefault(batch.device, now)
             if batches:
                 cursor = batches[-1].row
-            for device in list(held):
-                keep = await self._send_ready(device, held[device], now - since[device] >= linger)
-                if keep:
-                    held[device] = keep
-                else:
-                    del held[device], since[device]
+            if pub.grouping is not None:  # mqtt.batch.devices > 1: several devices per message
+                await self._send_grouped(held, since, now)
+            else:
+                for device in list(held):
+                    keep = await self._send_ready(device, held[device], now - since[device] >= linger)
+                    if keep:
+                        held[device] = keep
+                    else:
+                        del held[device], since[device]
             if batches:
                 continue  # more may be committed already
             timeout = min((since[d] + linger - loop.time() for d in held), default=None)
@@ -304,6 +307,19 @@ class Session:
                     self._yielded = loop.time()
         return keep
 
+    async def _send_grouped(self, held: dict[str, list[StoredBatch]], since: dict[str, float], now: float) -> None:
+        """Send what is ready in ``held`` as group messages (gateway.publish.grouping); the rest stays held."""
+        assert self.pub.grouping is not None
+        topic = self.pub.grouping.topic
+        loop = asyncio.get_running_loop()
+        for group, payload in self.pub.grouping.take(held, since, now):
+            await self._pace(sum(len(b) for b in group))
+            await self.window.acquire()  # released by the PUBACK (_acked)
+            self._send("", group, payload, topic=topic)
+            if loop.time() - self._yielded >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                self._yielded = loop.time()
+
     async def _pace(self, readings: int) -> None:
         """Keep to ``mqtt.max_rate`` readings per second (a token bucket of one second or one message)."""
         rate = self.pub.mqtt.max_rate
@@ -319,9 +335,12 @@ class Session:
             self._tokens, self._refilled = min(readings, burst), loop.time()
         self._tokens -= readings
 
-    def _send(self, device: str, group: list[StoredBatch], payload: bytes) -> None:
-        """Publish one telemetry message (window slot already taken); ``_acked`` acks its rows on PUBACK."""
-        topic = self._topics.get(device)
+    def _send(self, device: str, group: list[StoredBatch], payload: bytes, topic: str | None = None) -> None:
+        """Publish one telemetry message (window slot already taken); ``_acked`` acks its rows on PUBACK.
+
+        ``topic`` defaults to the device's telemetry topic.
+        """
+        topic = topic or self._topics.get(device)
         if topic is None:
             topic = self._topics[device] = self.pub.telemetry_topic.format(device=device)
         try:

@@ -92,7 +92,9 @@ def _cbor_head(gateway_id: str, device: str) -> bytes:
 def decode_telemetry(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a telemetry (or status) payload, telling JSON from CBOR by its first byte.
 
-    A packed message (deflated or not) comes back in the readable form.
+    A packed message (deflated or not) comes back in the readable form. A group message
+    (``mqtt.batch.devices``, gateway.wire.group) comes back as ``{"gateway", "devices": [...]}``;
+    ``split_devices`` turns any decoded message into one-device documents.
 
     A JSON document starts with ``{`` (after optional white space); the CBOR map this module writes
     starts with a byte in 0xA0..0xBF, never with ``{`` (0x7B) or white space.
@@ -106,6 +108,17 @@ def decode_telemetry(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     if doc.get("packed") == 1:
         return decode_packed(data)
     return doc
+
+
+def split_devices(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A decoded telemetry message as one-device documents ``{"gateway", "device", "readings"}``.
+
+    A group message gives one per device, in its order; a one-device message gives itself.
+    """
+    if "devices" not in doc:
+        return [doc]
+    gateway = doc.get("gateway")
+    return [{"gateway": gateway, "device": part["device"], "readings": part["readings"]} for part in doc["devices"]]
 
 
 def messages_of(

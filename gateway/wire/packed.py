@@ -35,6 +35,13 @@ NOT_A_NUMBER = "not a number"
 
 def encode_packed(gateway_id: str, device: str, batches: Sequence[StoredBatch], *, compress: bool = False) -> bytes:
     """One packed message for ``device`` (see the module docstring)."""
+    doc = {"gateway": gateway_id, "device": device, "packed": 1, **packed_columns(batches)}
+    data = cbor2.dumps(doc, canonical=True)
+    return zlib.compress(data, 6) if compress else data
+
+
+def packed_columns(batches: Sequence[StoredBatch]) -> dict[str, Any]:
+    """The columns of one device's readings: ``points``, ``units`` and ``batches`` (module docstring)."""
     index: dict[str, int] = {}
     names: list[str] = []
     units: list[str | None] = []
@@ -48,9 +55,7 @@ def encode_packed(gateway_id: str, device: str, batches: Sequence[StoredBatch], 
             entry.append(False)  # "synced": false on each of its readings
         out.append(entry)
         prev_seq, prev_ts = batch.seq0 + len(batch.values), batch.ts
-    doc = {"gateway": gateway_id, "device": device, "packed": 1, "points": names, "units": units, "batches": out}
-    data = cbor2.dumps(doc, canonical=True)
-    return zlib.compress(data, 6) if compress else data
+    return {"points": names, "units": units, "batches": out}
 
 
 def _indexes(batch: StoredBatch, index: dict[str, int], names: list[str], units: list[str | None]) -> list[int] | None:
@@ -83,11 +88,22 @@ def _clean(batch: StoredBatch) -> tuple[list[Any], dict[int, str] | None]:
 
 
 def decode_packed(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Unpack a packed message (deflated or not) into the readable form of the contract."""
+    """Unpack a packed message (deflated or not) into the readable form of the contract.
+
+    A group message (``"devices"``, see gateway.wire.group) comes back as a readable group message.
+    """
     data = bytes(payload)
     if data[:1] == bytes([ZLIB_FIRST_BYTE]):
         data = zlib.decompress(data)
     doc = cbor2.loads(data)
+    if "devices" in doc:
+        return {"gateway": doc["gateway"],
+                "devices": [{"device": part["device"], "readings": _readings(part)} for part in doc["devices"]]}
+    return {"gateway": doc["gateway"], "device": doc["device"], "readings": _readings(doc)}
+
+
+def _readings(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The readable readings of one device's columns (``points``, ``units``, ``batches``)."""
     names, units = doc["points"], doc["units"]
     readings: list[dict[str, Any]] = []
     seq = ts = 0
@@ -104,4 +120,4 @@ def decode_packed(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
                 reading["synced"] = False
             readings.append(reading)
         seq += len(values)
-    return {"gateway": doc["gateway"], "device": doc["device"], "readings": readings}
+    return readings

@@ -27,7 +27,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publish.publisher import Publisher
-from gateway.wire.encoding import decode_telemetry
+from gateway.wire.encoding import decode_telemetry, split_devices
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
@@ -249,8 +249,9 @@ class Subscriber:
 
 
 def telemetry(messages: Iterable[Received]) -> list[dict[str, Any]]:
-    """The decoded telemetry messages (topics ending in /telemetry), in arrival order."""
-    return [m.doc for m in messages if m.topic.endswith("/telemetry")]
+    """The decoded telemetry messages (topics ending in /telemetry), in arrival order; a group message
+    (mqtt.batch.devices > 1) counts as the one-device messages it carries."""
+    return [doc for m in messages if m.topic.endswith("/telemetry") for doc in split_devices(m.doc)]
 
 
 def seqs_by_device(messages: Iterable[Received]) -> dict[str, list[int]]:

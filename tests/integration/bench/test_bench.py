@@ -118,6 +118,17 @@ def test_many_scenario_runs_both_shapes_whatever_devices_and_points() -> None:
         assert floor["messages"] >= floor["rate"] and floor["cpu_us_per_message"] > 0, floor
 
 
+def test_many_scenario_with_devices_grouped_counts_every_reading_of_fewer_messages() -> None:
+    report = _bench("--scenario", "many", "--shapes", "200x2", "--group-devices", "50", "--duration", "2",
+                    "--warmup", "1s", timeout=120)
+    run = report["scenarios"]["many"]["200x2"]
+    _accounted(run)
+    assert run["group_devices"] == 50 and report["options"]["group_devices"] == 50
+    # a message carries several devices: far fewer messages than polls (about one per 50 devices polled;
+    # the two rates are slopes over a short window, so not to the message)
+    assert run["polls_per_s"] / 100 < run["messages_per_s"] < run["polls_per_s"] / 5
+
+
 def test_modbus_scenario() -> None:
     """One Modbus TCP device served by the bench itself: coalesced into one request per poll, every
     reading delivered, and the device made to fail at the end (the server answers exception 11)."""
@@ -193,6 +204,22 @@ def test_subscriber_counts_missing_duplicate_and_extra_seqs() -> None:
     snap = sub.snapshot()
     assert snap.distinct == 9 and snap.readings == 10 and snap.messages == 5
     assert sub.latency_ms()["p50"] is not None
+
+
+def test_subscriber_counts_the_devices_of_a_group_message_by_seq() -> None:
+    sub = BenchSubscriber("127.0.0.1", 1, "bench", "gw")
+    assert sub.group_topic == "bench/gw/telemetry"
+    ts = 1_700_000_000_000
+    for first in (1, 3, 3):  # the last one again: duplicates
+        msg = paho.MQTTMessage(topic=b"bench/gw/telemetry")
+        msg.payload = cbor2.dumps({"gateway": "gw", "devices": [
+            {"device": d, "readings": [{"seq": s, "ts": ts, "point": "p", "value": 1} for s in (first, first + 1)]}
+            for d in ("a", "b")]})
+        sub._on_message(None, None, msg)
+    assert sub.tally({"a": 4, "b": 5}) == {"produced": 9, "delivered": 8, "missing": 1, "duplicates": 4,
+                                            "extra": 0}
+    snap = sub.snapshot()
+    assert snap.messages == 3 and snap.readings == 12 and snap.distinct == 8
 
 
 def test_mqtt_overhead_counts_publish_framing_and_puback() -> None:

@@ -112,15 +112,17 @@ async def test_drains_a_backlog_once_in_order_and_acks_what_arrived(
     assert retained(mosquitto.host, mosquitto.port, STATUS_TOPIC)["state"] == "online"
 
 
+@pytest.mark.parametrize("group", [1, 2], ids=["own-topics", "group-messages"])
 async def test_broker_stopped_mid_stream_nothing_missing_per_device(
     mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, group: int,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.publish.publisher")
     sub = subscribe("city/#")
     buf = FakeBuffer()
     devices = ["meter-1", "meter-2", "sim-1"]
-    pub = await start_publisher(settings(mosquitto.host, mosquitto.port, batch={"max_readings": 50}), buf)
+    pub = await start_publisher(settings(mosquitto.host, mosquitto.port,
+                                         batch={"max_readings": 50, "devices": group}), buf)
 
     async def produce() -> None:  # a poll of every device each 5 ms, as long as the test runs
         while True:
@@ -149,6 +151,10 @@ async def test_broker_stopped_mid_stream_nothing_missing_per_device(
     back = [r for r in caplog.records if r.getMessage().startswith("broker connected")]
     assert len(lost) == 1 and "readings are kept in the buffer" in lost[0].getMessage()
     assert len(back) == 2  # the first connection and the return; not one line per retry
+    if group > 1:  # up to two devices a message, on the gateway's group topic only
+        telemetry_topics = {m.topic for m in got if m.topic.endswith("/telemetry")}
+        assert telemetry_topics == {f"city/{GW}/telemetry"}
+        assert max(len(m.doc["devices"]) for m in got if m.topic in telemetry_topics) == 2
 
 
 async def test_publish_timeout_means_dead_link_and_reconnects(

@@ -11,7 +11,7 @@ from gateway.bench.report import render
 def args(scenario: str) -> argparse.Namespace:
     return argparse.Namespace(scenario=scenario, signals="counter", broker=None, devices=1, points=1, interval=1.0,
                               duration=1.0, warmup=0.0, encoding="cbor", commit_interval=1.0, drain_readings=1,
-                              data_dir=None, shapes="1000x1,100x10")
+                              data_dir=None, shapes="1000x1,100x10", group_devices=1)
 
 
 def test_the_web_scenario_runs_only_when_named() -> None:

@@ -58,6 +58,9 @@ def test_the_many_scenario_shows_cpu_per_poll_messages_and_the_check_per_shape()
     assert "1,000 messages/s" in by_label["1000x1: delivered"][1]
     assert by_label["1000x1: check"][0] == "OK"
     assert by_label["100x10: check"][0] == "LOST" and "3 missing" in by_label["100x10: check"][1]
+    assert "per message" not in by_label["1000x1: delivered"][1]  # one device per message: said nowhere
+    grouped = {label: note for label, _, note in _many_rows({"1000x1": {**small, "group_devices": 100}})}
+    assert "up to 100 devices per message (mqtt.batch.devices)" in grouped["1000x1: delivered"]
 
 
 def test_the_many_scenario_shows_the_mqtt_floor_beside_the_gateway_per_message() -> None:
