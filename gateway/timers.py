@@ -106,7 +106,8 @@ class SharedTimeout:
         self.limit = limit
         self._on_expire = on_expire
         self._running: dict[asyncio.Task[object], tuple[float, int]] = {}  # task: (start, cancelling), oldest first
-        self._expired: set[asyncio.Task[object]] = set()
+        # Made at the first expiry: a device's guard rarely fires, and an empty set is 216 bytes.
+        self._expired: set[asyncio.Task[object]] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> None:
@@ -124,7 +125,7 @@ class SharedTimeout:
         task = asyncio.current_task()
         assert task is not None
         _, cancelling = self._running.pop(task)
-        if task in self._expired:
+        if self._expired is not None and task in self._expired:
             self._expired.discard(task)
             if task.uncancel() <= cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
@@ -143,6 +144,8 @@ class SharedTimeout:
             if start + self.limit > now:  # the oldest block still within its limit
                 self._timer = loop.call_at(start + self.limit, self._fire)
                 return
+            if self._expired is None:
+                self._expired = set()
             if task not in self._expired:
                 self._expired.add(task)
                 task.cancel()

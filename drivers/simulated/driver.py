@@ -58,7 +58,6 @@ class SimulatedDriver:
             names=tuple(p.name for p in config.points), units=tuple(p.unit for p in config.points)
         )
         self._count = 0
-        self._rng = random.Random(device.name)
         # The points grouped by signal, each group computed in one comprehension, then put back in
         # point order by one itemgetter (this driver's own cost counts in `gateway bench`).
         groups: dict[str, list[int]] = {"counter": [], "sine": [], "random": []}
@@ -69,6 +68,8 @@ class SimulatedDriver:
         self._sines = [(2 * math.pi / pts[i].period, pts[i].amplitude, pts[i].offset, 10.0 ** pts[i].decimals)
                        for i in groups["sine"]]
         self._randoms = [(pts[i].amplitude, pts[i].offset, 10.0 ** pts[i].decimals) for i in groups["random"]]
+        # A generator's state is 2.5 KB: only a device with random points has one (seeded by its name).
+        self._rng = random.Random(device.name) if self._randoms else None
         order = groups["counter"] + groups["sine"] + groups["random"]
         at = {point: k for k, point in enumerate(order)}
         self._in_point_order = operator.itemgetter(*(at[i] for i in range(len(pts))))
@@ -79,11 +80,13 @@ class SimulatedDriver:
     async def poll(self) -> PollResult:
         self._check_alive()
         self._count += 1
-        n, now, rnd, sin = self._count, time.time(), self._rng.random, math.sin
+        n, now, sin = self._count, time.time(), math.sin
         # round(x * 10**d) / 10**d: d decimals, as a sensor gives, much cheaper than round(x, d)
         grouped = [n + offset for offset in self._counters]
         grouped += [round((o + a * sin(w * now)) * k) / k for w, a, o, k in self._sines]
-        grouped += [round((o + a * (rnd() - 0.5)) * k) / k for a, o, k in self._randoms]
+        if self._rng is not None:
+            rnd = self._rng.random
+            grouped += [round((o + a * (rnd() - 0.5)) * k) / k for a, o, k in self._randoms]
         if len(grouped) == 1:
             return PollResult(grouped)
         return PollResult(list(self._in_point_order(grouped)))
