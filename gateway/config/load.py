@@ -150,7 +150,6 @@ class _Checker:
     def __init__(self, doc: Document) -> None:
         self._doc = doc
         self._drivers: dict[str, type[Any] | str] = {}  # a driver class, or why it failed to load
-        self._alike: dict[tuple[str, str], BaseModel] = {}  # valid options by driver and entry as written
 
     def validate(
         self, model: type[BaseModel], data: Any, base: Loc, *, extra_keys: frozenset[str] = frozenset()
@@ -256,22 +255,14 @@ class _Checker:
             return None
         rest = {k: v for k, v in entry.items() if k not in COMMON_DEVICE_KEYS}
         name = entry["driver"]
-        # Devices written alike but for their common keys (name, interval, ...) share one options
-        # object when the driver's model is frozen: nothing can change it through one of them, and a
-        # copy costs about 1 KB per device and per point (a model, its __dict__, its set of fields).
-        alike = (name, repr(rest)) if driver.Config.model_config.get("frozen") else None
-        options = self._alike.get(alike) if alike is not None else None
-        if options is None:
-            try:
-                options = self.validate(driver.Config, rest, base, extra_keys=COMMON_DEVICE_KEYS)
-            except ConfigError as exc:  # a driver's own check, raised from a validator
-                self._doc.problem(base, str(exc))
-                return None
-            except Exception as exc:  # a third-party driver's bug must not become a traceback
-                self._doc.problem(base, f"driver {name!r} failed checking this entry: {type(exc).__name__}: {exc}")
-                return None
-            if alike is not None and options is not None:
-                self._alike[alike] = options
+        try:
+            options = self.validate(driver.Config, rest, base, extra_keys=COMMON_DEVICE_KEYS)
+        except ConfigError as exc:  # a driver's own check, raised from a validator
+            self._doc.problem(base, str(exc))
+            return None
+        except Exception as exc:  # a third-party driver's bug must not become a traceback
+            self._doc.problem(base, f"driver {name!r} failed checking this entry: {type(exc).__name__}: {exc}")
+            return None
         if section is None or options is None:
             return None
         return DeviceSpec(
