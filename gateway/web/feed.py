@@ -107,23 +107,46 @@ class Feed:
         by_points: dict[int, list[Batch]] = {}
         for batch in batches:
             by_points.setdefault(id(batch.points), []).append(batch)
-        add = self.history.add
+        number = batches[-1].ts // self.history.bucket_ms
         for group in by_points.values():
-            ts = group[-1].ts
-            columns = zip(*(b.values for b in group), strict=True)
-            for name, column in zip(group[0].points.names, columns, strict=True):
-                try:  # the common case, all numbers: min and max in C, no per-value check
-                    low, high, last = float(min(column)), float(max(column)), float(column[-1])
-                except (TypeError, ValueError):  # a failed read (None) or text among them
-                    numbers = [v for v in column if isinstance(v, int | float)]
-                    if not numbers:
-                        continue
-                    low, high, last = float(min(numbers)), float(max(numbers)), float(numbers[-1])
-                # The last value added is the bucket's last: 1 to 3 adds give min, max and last.
-                for value in (low,) if low == high else (low, high) if last == high else (high, low) \
-                        if last == low else (low, high, last):
-                    add(device, name, value, ts)
+            lows, highs, lasts = _fold_columns([b.values for b in group])
+            self.history.add_bucket(device, group[0].points.names, number, lows, highs, lasts)
 
+
+def _fold_columns(rows: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Each column's min, max and last number of ``rows`` (a bucket's batches of one point set);
+    None where a column has no number. NaN counts as no value."""
+    last_row = rows[-1]
+    try:  # the common case, all numbers: each column's min and max in C, no per-value check
+        lows, highs = (last_row, last_row) if len(rows) == 1 else (list(map(min, *rows)), list(map(max, *rows)))
+    except TypeError:  # a failed read (None), or text beside numbers: column by column
+        return _fold_slowly(rows)
+    # min and max skip a NaN unless it comes first; then, or with a NaN last, that column the slow way
+    bad = [i for i, (low, last) in enumerate(zip(lows, last_row, strict=True)) if low != low or last != last]
+    if bad:
+        lows, highs, lasts = list(lows), list(highs), list(last_row)
+        for i in bad:
+            lows[i], highs[i], lasts[i] = _fold_column([row[i] for row in rows])
+        return lows, highs, lasts
+    return lows, highs, last_row
+
+
+def _fold_slowly(rows: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    columns = []
+    for column in zip(*rows, strict=True):
+        try:  # most columns are still all numbers (one point failing must not slow the others much)
+            low, high, last = min(column), max(column), column[-1]
+            if low != low or last != last:
+                raise TypeError("NaN")
+        except TypeError:
+            low, high, last = _fold_column(column)
+        columns.append((low, high, last))
+    return [c[0] for c in columns], [c[1] for c in columns], [c[2] for c in columns]
+
+
+def _fold_column(column: Any) -> tuple[Any, Any, Any]:
+    numbers = [v for v in column if isinstance(v, int | float) and v == v]
+    return (min(numbers), max(numbers), numbers[-1]) if numbers else (None, None, None)
 
 def _ts(batch: Batch) -> int:
     return batch.ts

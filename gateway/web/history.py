@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from collections.abc import Sequence
+from typing import Any
 
 from gateway.model import Batch
 
@@ -82,6 +84,30 @@ class History:
                 ring[slot + 2] = value
             else:
                 count(ring, value, number)
+
+    def add_bucket(self, device: str, names: Sequence[str], number: int, lows: Sequence[Any],
+                   highs: Sequence[Any], lasts: Sequence[Any]) -> None:
+        """Count a whole bucket of each point of ``names`` at once: its min, max and last value,
+        read in bucket ``number``. A point whose min is not a number (None, text) is skipped; NaN
+        must not be among them. One call per device and bucket, not one ``add`` per reading."""
+        points = self._devices.get(device, {})
+        slot = 3 * (number % self.buckets)
+        before, count = number - 1, self._count
+        for name, low, high, last in zip(names, lows, highs, lasts, strict=True):
+            if low.__class__ is not float and not isinstance(low, int | float):
+                continue  # no chart for text or None
+            ring = points.get(name)
+            if ring is None:
+                ring = self._start(device, name)
+                if ring is None:
+                    continue
+                points = self._devices[device]
+            if ring[-1] == before:  # the common case: the bucket after the newest
+                ring[slot], ring[slot + 1], ring[slot + 2], ring[-1] = low, high, last, number
+            else:  # a new point, a gap, or more of a bucket already counted: the last value last
+                count(ring, low, number)
+                count(ring, high, number)
+                count(ring, last, number)
 
     def series(self, device: str, point: str, now_ms: int | None = None) -> list[Bucket] | None:
         """The non-empty buckets of ``point``, oldest first, as (start ms, min, max, last); None if the

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.model import Batch, PointSet
 from gateway.web.feed import Feed
@@ -55,3 +60,28 @@ def test_live_values_carry_each_point_and_clear_an_error_once_it_is_gone() -> No
     feed.observe(Batch("dev", T0 + 2000, SLOW, [5]))
     live = feed.live_values("dev")
     assert (live["val.dev.a"], live["val.dev.a.error"], live["val.dev.b"]) == ("0.333333", "", "5")
+
+
+readings = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.integers(-1000, 1000), st.just(math.nan), st.none())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40_000), st.lists(readings, min_size=3, max_size=3), st.booleans()),
+                min_size=1, max_size=60))
+def test_any_readings_fold_as_one_history_update_per_reading(polls: list[tuple[int, list[Any], bool]]) -> None:
+    """Numbers, NaN (first, last or between) and failed reads (None) in any mix, with a page asking
+    for a chart in the middle of a bucket: the same charts as counting each reading on its own."""
+    feed, direct = Feed(History()), History()
+    points = PointSet(("a", "b", "c"), (None,) * 3)
+    polls.sort(key=lambda p: p[0])
+    for offset, values, look in polls:
+        batch = Batch("dev", T0 + offset, points, values)
+        feed.observe(batch)
+        for name, value in zip(points.names, values, strict=True):
+            if value is not None:
+                direct.add("dev", name, float(value), batch.ts)
+        if look:
+            feed.series("dev", "a", batch.ts)
+    now = T0 + polls[-1][0]
+    for name in points.names:
+        assert feed.series("dev", name, now) == direct.series("dev", name, now), name
