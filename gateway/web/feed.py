@@ -37,7 +37,8 @@ class Feed:
         self.history = history if history is not None else History()
         self._newest: dict[str, dict[int, Batch]] = {}  # device -> its newest batch per point set (by id)
         self._open: dict[str, tuple[int, list[Batch]]] = {}  # device -> (bucket number, its batches not folded)
-        self._keys: dict[int, tuple[Any, list[str], list[str]]] = {}  # point set id -> (it, value keys, error keys)
+        # point set id -> (it, value keys, error keys, {error key: ""}: none of its points failed)
+        self._keys: dict[int, tuple[Any, list[str], list[str], dict[str, str]]] = {}
 
     def observe(self, batch: Batch) -> None:
         device = batch.device
@@ -75,11 +76,13 @@ class Feed:
                 if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
                     self._keys.clear()
                 names = batch.points.names
+                errors = [f"val.{device}.{n}.error" for n in names]
                 keys = self._keys[id(batch.points)] = (
-                    batch.points, [f"val.{device}.{n}" for n in names], [f"val.{device}.{n}.error" for n in names])
+                    batch.points, [f"val.{device}.{n}" for n in names], errors, dict.fromkeys(errors, ""))
             out.update(zip(keys[1], map(show, batch.values), strict=True))
-            errors = batch.errors or {}
-            out.update(zip(keys[2], (errors.get(i, "") for i in range(len(keys[2]))), strict=True))
+            out.update(keys[3])  # no errors (the common case); then the ones of this batch
+            if batch.errors:
+                out.update((keys[2][i], text) for i, text in batch.errors.items())
         return out
 
     def series(self, device: str, point: str, now_ms: int) -> list[Bucket] | None:
@@ -121,8 +124,15 @@ def _fold_columns(rows: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any
         lows, highs = (last_row, last_row) if len(rows) == 1 else (list(map(min, *rows)), list(map(max, *rows)))
     except TypeError:  # a failed read (None), or text beside numbers: column by column
         return _fold_slowly(rows)
-    # min and max skip a NaN unless it comes first; then, or with a NaN last, that column the slow way
-    bad = [i for i, (low, last) in enumerate(zip(lows, last_row, strict=True)) if low != low or last != last]
+    # min and max skip a NaN unless it comes first; then, or with a NaN last, that column the slow way.
+    # One sum in C finds whether there may be such a NaN (a NaN makes it NaN; so may inf and -inf).
+    try:
+        total = sum(lows) + sum(last_row)
+        suspect = total != total
+    except TypeError:  # text, or None in a single poll
+        suspect = True
+    bad = [i for i, (low, last) in enumerate(zip(lows, last_row, strict=True))
+           if low != low or last != last] if suspect else []
     if bad:
         lows, highs, lasts = list(lows), list(highs), list(last_row)
         for i in bad:

@@ -91,8 +91,8 @@ class History:
         read in bucket ``number``. A point whose min is not a number (None, text) is skipped; NaN
         must not be among them. One call per device and bucket, not one ``add`` per reading."""
         points = self._devices.get(device, {})
-        slot = 3 * (number % self.buckets)
-        before, count = number - 1, self._count
+        s0 = 3 * (number % self.buckets)
+        s1, s2, before, count = s0 + 1, s0 + 2, number - 1, self._count
         for name, low, high, last in zip(names, lows, highs, lasts, strict=True):
             if low.__class__ is not float and not isinstance(low, int | float):
                 continue  # no chart for text or None
@@ -102,8 +102,11 @@ class History:
                 if ring is None:
                     continue
                 points = self._devices[device]
-            if ring[-1] == before:  # the common case: the bucket after the newest
-                ring[slot], ring[slot + 1], ring[slot + 2], ring[-1] = low, high, last, number
+            if ring[-1] == before:  # the common case: the bucket after the newest (it runs per point)
+                ring[s0] = low
+                ring[s1] = high
+                ring[s2] = last
+                ring[-1] = number
             else:  # a new point, a gap, or more of a bucket already counted: the last value last
                 count(ring, low, number)
                 count(ring, high, number)

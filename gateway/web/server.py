@@ -57,6 +57,7 @@ class Backend:
     run_tool: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     points: Callable[[str], tuple[str, ...] | None]  # a polled device's point names; None: no such device
     bus: Callable[[str], str | None]  # the line a device shares with others (its turn), if any
+    device: Callable[[str], dict[str, Any] | None]  # a polled device's entry of status()["devices"]
 
 
 class WebServer:
@@ -238,12 +239,15 @@ class WebServer:
 
     def _live_fields(self, page: str) -> dict[str, str]:
         """What one kind of page shows live: the overview (""), the devices page, or one device's page."""
-        status, now = self.backend.status(), _now_ms()
+        now = _now_ms()
         if page == "":
+            status = self.backend.status()
             return pages.overview_fields(status, now) | pages.state_fields(status)
         if page == pages.DEVICES_PAGE:
-            return pages.device_fields(status, now)
-        return pages.device_fields(status, now, only=page) | self.feed.live_values(page)
+            return pages.device_fields(self.backend.status(), now)
+        entry = self.backend.device(page)  # (not the whole status document, once a second)
+        return pages.device_fields({"devices": {page: entry} if entry is not None else {}}, now) | \
+            self.feed.live_values(page)
 
     # -- actions -----------------------------------------------------------------------------
 
