@@ -89,7 +89,9 @@ class History:
                    highs: Sequence[Any], lasts: Sequence[Any]) -> None:
         """Count a whole bucket of each point of ``names`` at once: its min, max and last value,
         read in bucket ``number``. A point whose min is not a number (None, text) is skipped; NaN
-        must not be among them. One call per device and bucket, not one ``add`` per reading."""
+        must not be among them. One call per device and bucket, not one ``add`` per reading. Once
+        the history is ``full``, no point starts one here (the feed's points all come through here,
+        so one refused point would be tried again every bucket)."""
         points = self._devices.get(device, {})
         s0 = 3 * (number % self.buckets)
         s1, s2, before, count = s0 + 1, s0 + 2, number - 1, self._count
@@ -98,10 +100,11 @@ class History:
                 continue  # no chart for text or None
             ring = points.get(name)
             if ring is None:
-                ring = self._start(device, name)
+                ring = None if self.full else self._start(device, name)  # (full: until a device is forgotten)
                 if ring is None:
                     continue
                 points = self._devices[device]
+                ring[-1] = before  # all its buckets are empty: as if the one before had been the newest
             if ring[-1] == before:  # the common case: the bucket after the newest (it runs per point)
                 ring[s0] = low
                 ring[s1] = high
