@@ -37,8 +37,7 @@ class Feed:
         self.history = history if history is not None else History()
         self._newest: dict[str, dict[int, Batch]] = {}  # device -> its newest batch per point set (by id)
         self._open: dict[str, tuple[int, list[Batch]]] = {}  # device -> (bucket number, its batches not folded)
-        # point set id -> (it, value keys, error keys, {error key: ""}: none of its points failed)
-        self._keys: dict[int, tuple[Any, list[str], list[str], dict[str, str]]] = {}
+        self._keys: dict[int, tuple[Any, list[str], list[str]]] = {}  # point set id -> (it, value keys, error keys)
 
     def observe(self, batch: Batch) -> None:
         device = batch.device
@@ -68,20 +67,24 @@ class Feed:
     def live_values(self, device: str) -> dict[str, str]:
         """The texts of ``device``'s latest values and errors, by the page's keys (``val.<device>.<point>``
         and ``...error``): what the live stream sends once a second, so made from the newest batches
-        directly, with each point set's keys made once."""
+        directly, with each point set's keys made once. A point's error key is there only while it
+        has an error: its value without it means none (the page's script clears the error shown)."""
         out: dict[str, str] = {}
+        errors = False  # an error key is in ``out``: a newer batch's reading of the point must remove it
         for batch in sorted(self._newest.get(device, {}).values(), key=_ts):
             keys = self._keys.get(id(batch.points))
             if keys is None or keys[0] is not batch.points:
                 if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
                     self._keys.clear()
                 names = batch.points.names
-                errors = [f"val.{device}.{n}.error" for n in names]
                 keys = self._keys[id(batch.points)] = (
-                    batch.points, [f"val.{device}.{n}" for n in names], errors, dict.fromkeys(errors, ""))
+                    batch.points, [f"val.{device}.{n}" for n in names], [f"val.{device}.{n}.error" for n in names])
+            if errors:
+                for key in keys[2]:
+                    out.pop(key, None)
             out.update(zip(keys[1], map(show, batch.values), strict=True))
-            out.update(keys[3])  # no errors (the common case); then the ones of this batch
             if batch.errors:
+                errors = True
                 out.update((keys[2][i], text) for i, text in batch.errors.items())
         return out
 

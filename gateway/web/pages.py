@@ -1,8 +1,9 @@
 """The page's HTML, rendered on the server from the status document, the feed and the driver's reports.
 
 Every value that changes live sits in an element with ``data-k="<key>"``; the live stream sends
-``{key: text}`` for the same keys (``fields``), so the first render and the updates agree. All
-text is escaped; nothing here knows a protocol: a read-now report is shown as the driver gave it.
+``{key: text}`` for the same keys (``fields``; a point's error key only while it has one), so the
+first render and the updates agree. All text is escaped; nothing here knows a protocol: a
+read-now report is shown as the driver gave it.
 """
 
 from __future__ import annotations
