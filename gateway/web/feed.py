@@ -167,6 +167,8 @@ def _ts(batch: Batch) -> int:
 
 def show(value: Any) -> str:
     """A value as the page shows it."""
+    if value.__class__ is float:  # the common case first: the live stream shows each value each second
+        return f"{value:.6g}"
     if value is None:
         return "-"
     if isinstance(value, float):
