@@ -12,11 +12,13 @@ update per reading.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from gateway.model import Batch
+from gateway.model import Batch, PointSet
 from gateway.web.history import Bucket, History
 
+NONE = type(None)
 MAX_POINT_SETS = 8  # point sets remembered per device (a driver reading some points only now and then)
 
 
@@ -37,7 +39,7 @@ class Feed:
         self.history = history if history is not None else History()
         self._newest: dict[str, dict[int, Batch]] = {}  # device -> its newest batch per point set (by id)
         self._open: dict[str, tuple[int, list[Batch]]] = {}  # device -> (bucket number, its batches not folded)
-        self._keys: dict[int, tuple[Any, list[str], list[str]]] = {}  # point set id -> (it, value keys, error keys)
+        self._keys: dict[int, list[Any]] = {}  # point set id -> its keys in the live stream (_live_keys)
 
     def observe(self, batch: Batch) -> None:
         device = batch.device
@@ -64,29 +66,44 @@ class Feed:
                     out[name] = (batch.ts, Latest(batch.values[i], unit, errors.get(i), batch.ts))
         return {name: latest for name, (_, latest) in out.items()}
 
-    def live_values(self, device: str) -> dict[str, str]:
-        """The texts of ``device``'s latest values and errors, by the page's keys (``val.<device>.<point>``
-        and ``...error``): what the live stream sends once a second, so made from the newest batches
-        directly, with each point set's keys made once. A point's error key is there only while it
-        has an error: its value without it means none (the page's script clears the error shown)."""
-        out: dict[str, str] = {}
-        errors = False  # an error key is in ``out``: a newer batch's reading of the point must remove it
+    def live_json(self, device: str) -> str:
+        """``device``'s latest values and errors as the members of a JSON object (no braces), by the
+        page's keys (``val.<device>.<point>``, ``...error``): what the live stream sends once a
+        second. A point's error key is there only while it has one: its value without it means none
+        (the page's script clears the error shown). Made in C as far as it goes: each point set's
+        keys and each column's format once, the values formatted and escaped by ``map``; a point
+        read again by a newer batch appears again, later, and JSON's last duplicate wins."""
+        parts: list[str] = []
+        erred: set[str] = set()  # the error keys given so far: a newer reading without one clears it
         for batch in sorted(self._newest.get(device, {}).values(), key=_ts):
-            keys = self._keys.get(id(batch.points))
-            if keys is None or keys[0] is not batch.points:
-                if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
-                    self._keys.clear()
-                names = batch.points.names
-                keys = self._keys[id(batch.points)] = (
-                    batch.points, [f"val.{device}.{n}" for n in names], [f"val.{device}.{n}.error" for n in names])
+            keys = self._live_keys(device, batch.points)
+            values = batch.values
+            types = list(map(type, values))
+            if types != keys[3]:  # (a point's type rarely changes: a failed read, a driver's text)
+                keys[3], keys[4] = types, [".6g" if issubclass(t, float) else "" for t in types]
+            texts = list(map(format, values, keys[4]))  # as show(): floats .6g, the rest as str()
+            if NONE in types:
+                texts = ["-" if v is None else t for v, t in zip(values, texts, strict=True)]
+            parts.append(", ".join(map(str.__add__, keys[1], map(encode_basestring_ascii, texts))))
+            errors = batch.errors or {}
+            if erred:
+                parts.extend(f'{key}""' for i, key in enumerate(keys[2]) if key in erred and i not in errors)
             if errors:
-                for key in keys[2]:
-                    out.pop(key, None)
-            out.update(zip(keys[1], map(show, batch.values), strict=True))
-            if batch.errors:
-                errors = True
-                out.update((keys[2][i], text) for i, text in batch.errors.items())
-        return out
+                parts.extend(keys[2][i] + encode_basestring_ascii(str(text)) for i, text in errors.items())
+                erred.update(keys[2][i] for i in errors)
+        return ", ".join(part for part in parts if part)
+
+    def _live_keys(self, device: str, points: PointSet) -> list[Any]:
+        """[points, value keys, error keys (each JSON-quoted with its colon), the types of the last
+        values, the format of each] of one point set of ``device``, made once."""
+        keys = self._keys.get(id(points))
+        if keys is None or keys[0] is not points:
+            if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
+                self._keys.clear()
+            keys = self._keys[id(points)] = [
+                points, [encode_basestring_ascii(f"val.{device}.{n}") + ": " for n in points.names],
+                [encode_basestring_ascii(f"val.{device}.{n}.error") + ": " for n in points.names], None, None]
+        return keys
 
     def series(self, device: str, point: str, now_ms: int) -> list[Bucket] | None:
         """The chart of ``point``: History.series after folding what is still open."""

@@ -12,6 +12,7 @@ POST /devices/{name}/read, POST /devices/{name}/write, GET /events (live), GET /
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -237,8 +238,9 @@ class WebServer:
         self._need_session(request)
         return await self.live.handle(request, request.query.get("device", ""))
 
-    def _live_fields(self, page: str) -> dict[str, str]:
-        """What one kind of page shows live: the overview (""), the devices page, or one device's page."""
+    def _live_fields(self, page: str) -> dict[str, str] | str:
+        """What one kind of page shows live: the overview (""), the devices page, or one device's page
+        (that one as JSON text already)."""
         now = _now_ms()
         if page == "":
             status = self.backend.status()
@@ -246,8 +248,9 @@ class WebServer:
         if page == pages.DEVICES_PAGE:
             return pages.device_fields(self.backend.status(), now)
         entry = self.backend.device(page)  # (not the whole status document, once a second)
-        return pages.device_fields({"devices": {page: entry} if entry is not None else {}}, now) | \
-            self.feed.live_values(page)
+        fields = json.dumps(pages.device_fields({"devices": {page: entry} if entry is not None else {}}, now))
+        values = self.feed.live_json(page)  # (its JSON made by the feed: most of the event)
+        return fields if not values else ("{" if fields == "{}" else fields[:-1] + ", ") + values + "}"
 
     # -- actions -----------------------------------------------------------------------------
 

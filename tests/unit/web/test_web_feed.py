@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.model import Batch, PointSet
-from gateway.web.feed import Feed
+from gateway.web.feed import Feed, show
 from gateway.web.history import History
 
 T0 = 1_700_000_000_000  # a bucket start (10 s buckets)
@@ -51,17 +52,25 @@ def test_the_latest_value_of_each_point_comes_from_the_newest_batch_holding_it()
 
 
 
-def test_live_values_carry_each_point_and_an_error_only_while_there_is_one() -> None:
+def live(feed: Feed, device: str) -> dict[str, str]:
+    """The live stream's JSON of ``device`` as the page's script reads it (the last duplicate wins)."""
+    return dict(json.loads("{" + feed.live_json(device) + "}"))
+
+
+def test_the_live_json_carries_each_point_and_an_error_only_while_there_is_one() -> None:
     feed = Feed()
-    feed.observe(Batch("dev", T0, ALL, [None, 2, "x"], {0: "timeout"}))
+    feed.observe(Batch("dev", T0, ALL, [None, 2, 'say "hi"\n'], {0: "timeout"}))
     feed.observe(Batch("dev", T0 + 500, SLOW, [4], {0: "stale"}))
-    assert feed.live_values("dev") == {"val.dev.a": "-", "val.dev.a.error": "timeout", "val.dev.b": "4",
-                                       "val.dev.b.error": "stale", "val.dev.label": "x"}
+    assert live(feed, "dev") == {"val.dev.a": "-", "val.dev.a.error": "timeout", "val.dev.b": "4",
+                                 "val.dev.b.error": "stale", "val.dev.label": 'say "hi"\n'}
     feed.observe(Batch("dev", T0 + 1000, ALL, [1 / 3, 2, "x"]))  # newer than the slow set's error: it is gone
-    assert feed.live_values("dev") == {"val.dev.a": "0.333333", "val.dev.b": "2", "val.dev.label": "x"}
+    assert live(feed, "dev") == {"val.dev.a": "0.333333", "val.dev.b": "2", "val.dev.label": "x",
+                                 "val.dev.b.error": ""}
     feed.observe(Batch("dev", T0 + 2000, SLOW, [5]))
-    live = feed.live_values("dev")
-    assert (live["val.dev.a"], live["val.dev.b"]) == ("0.333333", "5") and "val.dev.a.error" not in live
+    assert live(feed, "dev") == {"val.dev.a": "0.333333", "val.dev.b": "5", "val.dev.label": "x"}
+    feed.observe(Batch("dev", T0 + 3000, ALL, [2.5e-7, True, 12345678]))  # the types of a point may change
+    assert live(feed, "dev") == {"val.dev.a": show(2.5e-7), "val.dev.b": "True", "val.dev.label": "12345678"}
+    assert feed.live_json("other") == ""
 
 readings = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.integers(-1000, 1000), st.just(math.nan), st.none())
 
