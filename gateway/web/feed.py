@@ -80,11 +80,17 @@ class Feed:
             values = batch.values
             types = list(map(type, values))
             if types != keys[3]:  # (a point's type rarely changes: a failed read, a driver's text)
-                keys[3], keys[4] = types, [".6g" if issubclass(t, float) else "" for t in types]
-            texts = list(map(format, values, keys[4]))  # as show(): floats .6g, the rest as str()
-            if NONE in types:
-                texts = ["-" if v is None else t for v, t in zip(values, texts, strict=True)]
-            parts.append(", ".join(map(str.__add__, keys[1], map(encode_basestring_ascii, texts))))
+                keys[3], keys[4], keys[5] = types, [".6g" if issubclass(t, float) else "" for t in types], None
+                if all(t is float or t is int or t is bool for t in types):  # numbers only: one template
+                    keys[5] = ", ".join(key.replace("%", "%%") + ('"%.6g"' if t is float else '"%s"')
+                                        for key, t in zip(keys[1], types, strict=True))
+            if keys[5] is not None:  # the common case: all formatted by one % in C, nothing to escape
+                parts.append(keys[5] % tuple(values))
+            else:
+                texts = list(map(format, values, keys[4]))  # as show(): floats .6g, the rest as str()
+                if NONE in types:
+                    texts = ["-" if v is None else t for v, t in zip(values, texts, strict=True)]
+                parts.append(", ".join(map(str.__add__, keys[1], map(encode_basestring_ascii, texts))))
             errors = batch.errors or {}
             if erred:
                 parts.extend(f'{key}""' for i, key in enumerate(keys[2]) if key in erred and i not in errors)
@@ -95,14 +101,15 @@ class Feed:
 
     def _live_keys(self, device: str, points: PointSet) -> list[Any]:
         """[points, value keys, error keys (each JSON-quoted with its colon), the types of the last
-        values, the format of each] of one point set of ``device``, made once."""
+        values, the format of each, the %-template of all when all are numbers] of one point set of
+        ``device``, made once."""
         keys = self._keys.get(id(points))
         if keys is None or keys[0] is not points:
             if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
                 self._keys.clear()
             keys = self._keys[id(points)] = [
                 points, [encode_basestring_ascii(f"val.{device}.{n}") + ": " for n in points.names],
-                [encode_basestring_ascii(f"val.{device}.{n}.error") + ": " for n in points.names], None, None]
+                [encode_basestring_ascii(f"val.{device}.{n}.error") + ": " for n in points.names], None, None, None]
         return keys
 
     def series(self, device: str, point: str, now_ms: int) -> list[Bucket] | None:

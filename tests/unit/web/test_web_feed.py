@@ -95,3 +95,13 @@ def test_any_readings_fold_as_one_history_update_per_reading(polls: list[tuple[i
     now = T0 + polls[-1][0]
     for name in points.names:
         assert feed.series("dev", name, now) == direct.series("dev", name, now), name
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(), st.integers(-10**20, 10**20), st.booleans()), min_size=1, max_size=5))
+def test_numbers_in_the_live_json_read_as_the_page_shows_them(values: list[Any]) -> None:
+    """The all-numbers template (one % in C) formats each value as show() does, NaN and infinities too."""
+    feed = Feed()
+    names = tuple(f"p{i}%s" for i in range(len(values)))  # a "%" in a name stays a "%"
+    feed.observe(Batch("dev", T0, PointSet(names, (None,) * len(values)), values))
+    assert live(feed, "dev") == {f"val.dev.{name}": show(value) for name, value in zip(names, values, strict=True)}
