@@ -63,10 +63,18 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
 
 
 def _devices(daemon: Daemon) -> dict[str, dict[str, Any]]:
-    devices = daemon.scheduler.health()
-    for name, entry in devices.items():
-        entry["seq"] = daemon.buffer.next_seq(name) - 1  # the last number given to a committed reading
-        counters = getattr(daemon.scheduler.tasks[name].driver, "counters", None)
-        if counters:
-            entry["counters"] = dict(counters)
-    return devices
+    return {name: entry for name in daemon.scheduler.tasks if (entry := device_entry(daemon, name)) is not None}
+
+
+def device_entry(daemon: Daemon, name: str) -> dict[str, Any] | None:
+    """One polled device's entry of the document's ``devices`` (None: no such device), on its own:
+    what the technician's page shows of a device once a second, without the whole document."""
+    task = daemon.scheduler.tasks.get(name)
+    if task is None:
+        return None
+    entry: dict[str, Any] = task.health.as_dict()
+    entry["seq"] = daemon.buffer.next_seq(name) - 1  # the last number given to a committed reading
+    counters = getattr(task.driver, "counters", None)
+    if counters:
+        entry["counters"] = dict(counters)
+    return entry

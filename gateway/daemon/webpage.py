@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from gateway.daemon.statusdoc import device_entry
 from gateway.daemon.tools import run_tool_command
 from gateway.model import Batch
 from gateway.web.feed import Feed
@@ -30,7 +31,8 @@ class Page:
         self._daemon = daemon
         self.feed = Feed()
         self.logring = LogRing()
-        backend = Backend(status=daemon.status, run_tool=self._run_tool, points=self._points, bus=self._bus)
+        backend = Backend(status=daemon.status, run_tool=self._run_tool, points=self._points, bus=self._bus,
+                          device=self._device)
         self.server = WebServer(daemon.config.web, daemon.config.gateway.id, backend, self.feed, self.logring)
 
     def observe(self, batch: Batch) -> None:
@@ -61,3 +63,6 @@ class Page:
     def _bus(self, name: str) -> str | None:
         task = self._daemon.scheduler.tasks.get(name)
         return None if task is None else task.bus
+
+    def _device(self, name: str) -> dict[str, Any] | None:
+        return device_entry(self._daemon, name)

@@ -12,11 +12,13 @@ update per reading.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from gateway.model import Batch
+from gateway.model import Batch, PointSet
 from gateway.web.history import Bucket, History
 
+NONE = type(None)
 MAX_POINT_SETS = 8  # point sets remembered per device (a driver reading some points only now and then)
 
 
@@ -37,7 +39,7 @@ class Feed:
         self.history = history if history is not None else History()
         self._newest: dict[str, dict[int, Batch]] = {}  # device -> its newest batch per point set (by id)
         self._open: dict[str, tuple[int, list[Batch]]] = {}  # device -> (bucket number, its batches not folded)
-        self._keys: dict[int, tuple[Any, list[str], list[str]]] = {}  # point set id -> (it, value keys, error keys)
+        self._keys: dict[int, list[Any]] = {}  # point set id -> its keys in the live stream (_live_keys)
 
     def observe(self, batch: Batch) -> None:
         device = batch.device
@@ -64,23 +66,51 @@ class Feed:
                     out[name] = (batch.ts, Latest(batch.values[i], unit, errors.get(i), batch.ts))
         return {name: latest for name, (_, latest) in out.items()}
 
-    def live_values(self, device: str) -> dict[str, str]:
-        """The texts of ``device``'s latest values and errors, by the page's keys (``val.<device>.<point>``
-        and ``...error``): what the live stream sends once a second, so made from the newest batches
-        directly, with each point set's keys made once."""
-        out: dict[str, str] = {}
+    def live_json(self, device: str) -> str:
+        """``device``'s latest values and errors as the members of a JSON object (no braces), by the
+        page's keys (``val.<device>.<point>``, ``...error``): what the live stream sends once a
+        second. A point's error key is there only while it has one: its value without it means none
+        (the page's script clears the error shown). Made in C as far as it goes: each point set's
+        keys and each column's format once, the values formatted and escaped by ``map``; a point
+        read again by a newer batch appears again, later, and JSON's last duplicate wins."""
+        parts: list[str] = []
+        erred: set[str] = set()  # the error keys given so far: a newer reading without one clears it
         for batch in sorted(self._newest.get(device, {}).values(), key=_ts):
-            keys = self._keys.get(id(batch.points))
-            if keys is None or keys[0] is not batch.points:
-                if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
-                    self._keys.clear()
-                names = batch.points.names
-                keys = self._keys[id(batch.points)] = (
-                    batch.points, [f"val.{device}.{n}" for n in names], [f"val.{device}.{n}.error" for n in names])
-            out.update(zip(keys[1], map(show, batch.values), strict=True))
+            keys = self._live_keys(device, batch.points)
+            values = batch.values
+            types = list(map(type, values))
+            if types != keys[3]:  # (a point's type rarely changes: a failed read, a driver's text)
+                keys[3], keys[4], keys[5] = types, [".6g" if issubclass(t, float) else "" for t in types], None
+                if all(t is float or t is int or t is bool for t in types):  # numbers only: one template
+                    keys[5] = ", ".join(key.replace("%", "%%") + ('"%.6g"' if t is float else '"%s"')
+                                        for key, t in zip(keys[1], types, strict=True))
+            if keys[5] is not None:  # the common case: all formatted by one % in C, nothing to escape
+                parts.append(keys[5] % tuple(values))
+            else:
+                texts = list(map(format, values, keys[4]))  # as show(): floats .6g, the rest as str()
+                if NONE in types:
+                    texts = ["-" if v is None else t for v, t in zip(values, texts, strict=True)]
+                parts.append(", ".join(map(str.__add__, keys[1], map(encode_basestring_ascii, texts))))
             errors = batch.errors or {}
-            out.update(zip(keys[2], (errors.get(i, "") for i in range(len(keys[2]))), strict=True))
-        return out
+            if erred:
+                parts.extend(f'{key}""' for i, key in enumerate(keys[2]) if key in erred and i not in errors)
+            if errors:
+                parts.extend(keys[2][i] + encode_basestring_ascii(str(text)) for i, text in errors.items())
+                erred.update(keys[2][i] for i in errors)
+        return ", ".join(part for part in parts if part)
+
+    def _live_keys(self, device: str, points: PointSet) -> list[Any]:
+        """[points, value keys, error keys (each JSON-quoted with its colon), the types of the last
+        values, the format of each, the %-template of all when all are numbers] of one point set of
+        ``device``, made once."""
+        keys = self._keys.get(id(points))
+        if keys is None or keys[0] is not points:
+            if len(self._keys) > 4 * MAX_POINT_SETS:  # point sets made anew per poll: keep few
+                self._keys.clear()
+            keys = self._keys[id(points)] = [
+                points, [encode_basestring_ascii(f"val.{device}.{n}") + ": " for n in points.names],
+                [encode_basestring_ascii(f"val.{device}.{n}.error") + ": " for n in points.names], None, None, None]
+        return keys
 
     def series(self, device: str, point: str, now_ms: int) -> list[Bucket] | None:
         """The chart of ``point``: History.series after folding what is still open."""
@@ -107,23 +137,53 @@ class Feed:
         by_points: dict[int, list[Batch]] = {}
         for batch in batches:
             by_points.setdefault(id(batch.points), []).append(batch)
-        add = self.history.add
+        number = batches[-1].ts // self.history.bucket_ms
         for group in by_points.values():
-            ts = group[-1].ts
-            columns = zip(*(b.values for b in group), strict=True)
-            for name, column in zip(group[0].points.names, columns, strict=True):
-                try:  # the common case, all numbers: min and max in C, no per-value check
-                    low, high, last = float(min(column)), float(max(column)), float(column[-1])
-                except (TypeError, ValueError):  # a failed read (None) or text among them
-                    numbers = [v for v in column if isinstance(v, int | float)]
-                    if not numbers:
-                        continue
-                    low, high, last = float(min(numbers)), float(max(numbers)), float(numbers[-1])
-                # The last value added is the bucket's last: 1 to 3 adds give min, max and last.
-                for value in (low,) if low == high else (low, high) if last == high else (high, low) \
-                        if last == low else (low, high, last):
-                    add(device, name, value, ts)
+            lows, highs, lasts = _fold_columns([b.values for b in group])
+            self.history.add_bucket(device, group[0].points.names, number, lows, highs, lasts)
 
+
+def _fold_columns(rows: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Each column's min, max and last number of ``rows`` (a bucket's batches of one point set);
+    None where a column has no number. NaN counts as no value."""
+    last_row = rows[-1]
+    try:  # the common case, all numbers: each column's min and max in C, no per-value check
+        lows, highs = (last_row, last_row) if len(rows) == 1 else (list(map(min, *rows)), list(map(max, *rows)))
+    except TypeError:  # a failed read (None), or text beside numbers: column by column
+        return _fold_slowly(rows)
+    # min and max skip a NaN unless it comes first; then, or with a NaN last, that column the slow way.
+    # One sum in C finds whether there may be such a NaN (a NaN makes it NaN; so may inf and -inf).
+    try:
+        total = sum(lows) + sum(last_row)
+        suspect = total != total
+    except TypeError:  # text, or None in a single poll
+        suspect = True
+    bad = [i for i, (low, last) in enumerate(zip(lows, last_row, strict=True))
+           if low != low or last != last] if suspect else []
+    if bad:
+        lows, highs, lasts = list(lows), list(highs), list(last_row)
+        for i in bad:
+            lows[i], highs[i], lasts[i] = _fold_column([row[i] for row in rows])
+        return lows, highs, lasts
+    return lows, highs, last_row
+
+
+def _fold_slowly(rows: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    columns = []
+    for column in zip(*rows, strict=True):
+        try:  # most columns are still all numbers (one point failing must not slow the others much)
+            low, high, last = min(column), max(column), column[-1]
+            if low != low or last != last:
+                raise TypeError("NaN")
+        except TypeError:
+            low, high, last = _fold_column(column)
+        columns.append((low, high, last))
+    return [c[0] for c in columns], [c[1] for c in columns], [c[2] for c in columns]
+
+
+def _fold_column(column: Any) -> tuple[Any, Any, Any]:
+    numbers = [v for v in column if isinstance(v, int | float) and v == v]
+    return (min(numbers), max(numbers), numbers[-1]) if numbers else (None, None, None)
 
 def _ts(batch: Batch) -> int:
     return batch.ts
@@ -131,6 +191,8 @@ def _ts(batch: Batch) -> int:
 
 def show(value: Any) -> str:
     """A value as the page shows it."""
+    if value.__class__ is float:  # the common case first: the live stream shows each value each second
+        return f"{value:.6g}"
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from collections.abc import Sequence
+from typing import Any
 
 from gateway.model import Batch
 
@@ -82,6 +84,36 @@ class History:
                 ring[slot + 2] = value
             else:
                 count(ring, value, number)
+
+    def add_bucket(self, device: str, names: Sequence[str], number: int, lows: Sequence[Any],
+                   highs: Sequence[Any], lasts: Sequence[Any]) -> None:
+        """Count a whole bucket of each point of ``names`` at once: its min, max and last value,
+        read in bucket ``number``. A point whose min is not a number (None, text) is skipped; NaN
+        must not be among them. One call per device and bucket, not one ``add`` per reading. Once
+        the history is ``full``, no point starts one here (the feed's points all come through here,
+        so one refused point would be tried again every bucket)."""
+        points = self._devices.get(device, {})
+        s0 = 3 * (number % self.buckets)
+        s1, s2, before, count = s0 + 1, s0 + 2, number - 1, self._count
+        for name, low, high, last in zip(names, lows, highs, lasts, strict=True):
+            if low.__class__ is not float and not isinstance(low, int | float):
+                continue  # no chart for text or None
+            ring = points.get(name)
+            if ring is None:
+                ring = None if self.full else self._start(device, name)  # (full: until a device is forgotten)
+                if ring is None:
+                    continue
+                points = self._devices[device]
+                ring[-1] = before  # all its buckets are empty: as if the one before had been the newest
+            if ring[-1] == before:  # the common case: the bucket after the newest (it runs per point)
+                ring[s0] = low
+                ring[s1] = high
+                ring[s2] = last
+                ring[-1] = number
+            else:  # a new point, a gap, or more of a bucket already counted: the last value last
+                count(ring, low, number)
+                count(ring, high, number)
+                count(ring, last, number)
 
     def series(self, device: str, point: str, now_ms: int | None = None) -> list[Bucket] | None:
         """The non-empty buckets of ``point``, oldest first, as (start ms, min, max, last); None if the

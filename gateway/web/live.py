@@ -1,10 +1,11 @@
 """The page's live updates: a bounded server-sent-event stream.
 
 Once a second, while any browser listens, one ``{key: text}`` event per kind of page is made
-(``make(device)``; shared by every client of that kind) and written to each client. Writing never
-waits on a browser: a client whose unsent data passes ``max_unsent`` bytes (it does not read), or
-whose write does not finish within ``write_timeout``, is dropped, and at most ``max_clients`` listen
-at once. So a slow or stuck browser costs a few kilobytes and never slows polling or publishing.
+(``make(device)``, a dict or its JSON text already; shared by every client of that kind) and
+written to each client. Writing never waits on a browser: a client whose unsent data passes
+``max_unsent`` bytes (it does not read), or whose write does not finish within ``write_timeout``,
+is dropped, and at most ``max_clients`` listen at once. So a slow or stuck browser costs a few
+kilobytes and never slows polling or publishing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ WRITE_TIMEOUT = 5.0
 class LiveStream:
     """``handle(request, device)`` serves one client's stream until it goes, is dropped, or ``close()``."""
 
-    def __init__(self, make: Callable[[str], dict[str, str]], *, interval: float = INTERVAL,
+    def __init__(self, make: Callable[[str], dict[str, str] | str], *, interval: float = INTERVAL,
                  max_clients: int = MAX_CLIENTS, max_unsent: int = MAX_UNSENT) -> None:
         self._make = make
         self.interval = interval
@@ -94,7 +95,9 @@ class LiveStream:
     def _event(self, device: str) -> bytes:
         event = self._events.get(device)
         if event is None:
-            event = self._events[device] = f"data: {json.dumps(self._make(device))}\n\n".encode()
+            made = self._make(device)
+            text = made if isinstance(made, str) else json.dumps(made)
+            event = self._events[device] = f"data: {text}\n\n".encode()
         return event
 
     def _start_ticker(self) -> None:

@@ -1,8 +1,9 @@
 """The page's HTML, rendered on the server from the status document, the feed and the driver's reports.
 
 Every value that changes live sits in an element with ``data-k="<key>"``; the live stream sends
-``{key: text}`` for the same keys (``fields``), so the first render and the updates agree. All
-text is escaped; nothing here knows a protocol: a read-now report is shown as the driver gave it.
+``{key: text}`` for the same keys (``fields``; a point's error key only while it has one), so the
+first render and the updates agree. All text is escaped; nothing here knows a protocol: a
+read-now report is shown as the driver gave it.
 """
 
 from __future__ import annotations
@@ -175,14 +176,8 @@ def device_page(name: str, status: Mapping[str, Any], feed: Feed, points: Iterab
     for point in points:
         latest = values.get(point)
         series = feed.series(name, point, now_ms)
-        if series is not None:
-            chart = svg_chart(series, now_ms, latest.unit if latest else None)
-        elif latest is None or latest.value is None:
-            chart = '<span class="muted">no readings yet</span>'
-        elif not isinstance(latest.value, int | float):
-            chart = '<span class="muted">no chart: not a number</span>'
-        else:
-            chart = '<span class="muted">no chart: the history is full (it keeps 2 MB at most)</span>'
+        chart = (svg_chart(series, now_ms, latest.unit if latest else None) if series is not None
+                 else f'<span class="muted">{no_chart(latest, feed.history.full)}</span>')
         unit = escape(latest.unit or "") if latest else ""
         rows.append(f"<tr><th>{escape(point)}</th>{cell(f'val.{name}.{point}', f)}<td>{unit}</td>"
                     f"{cell(f'val.{name}.{point}.error', f)}<td>{chart}</td></tr>")
@@ -200,6 +195,19 @@ def device_page(name: str, status: Mapping[str, Any], feed: Feed, points: Iterab
                   f'<label>Point <select name="point">{options}</select></label> '
                   '<label>Value <input name="value" required size="8"></label> <button>Write</button></form>')
     return layout(name, state + table + forms + result, csrf=csrf, live=name, message=message)
+
+
+def no_chart(latest: Latest | None, full: bool) -> str:
+    """Why a point has no chart (it has no history), given its latest reading."""
+    if latest is None:
+        return "no readings yet"
+    value = latest.value
+    if value is not None and not isinstance(value, int | float):
+        return "no chart: not a number"
+    if value is None or value != value:  # failed reads, NaN: no number to chart (so far, or lately)
+        return ("no chart: no number read lately, and the history is full (it keeps 2 MB at most)" if full
+                else "no chart yet: no number read so far")
+    return "no chart: the history is full (it keeps 2 MB at most)"  # (a number is folded in when a page asks)
 
 
 def inspection(report: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ POST /devices/{name}/read, POST /devices/{name}/write, GET /events (live), GET /
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -57,6 +58,7 @@ class Backend:
     run_tool: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     points: Callable[[str], tuple[str, ...] | None]  # a polled device's point names; None: no such device
     bus: Callable[[str], str | None]  # the line a device shares with others (its turn), if any
+    device: Callable[[str], dict[str, Any] | None]  # a polled device's entry of status()["devices"]
 
 
 class WebServer:
@@ -236,14 +238,19 @@ class WebServer:
         self._need_session(request)
         return await self.live.handle(request, request.query.get("device", ""))
 
-    def _live_fields(self, page: str) -> dict[str, str]:
-        """What one kind of page shows live: the overview (""), the devices page, or one device's page."""
-        status, now = self.backend.status(), _now_ms()
+    def _live_fields(self, page: str) -> dict[str, str] | str:
+        """What one kind of page shows live: the overview (""), the devices page, or one device's page
+        (that one as JSON text already)."""
+        now = _now_ms()
         if page == "":
+            status = self.backend.status()
             return pages.overview_fields(status, now) | pages.state_fields(status)
         if page == pages.DEVICES_PAGE:
-            return pages.device_fields(status, now)
-        return pages.device_fields(status, now, only=page) | self.feed.live_values(page)
+            return pages.device_fields(self.backend.status(), now)
+        entry = self.backend.device(page)  # (not the whole status document, once a second)
+        fields = json.dumps(pages.device_fields({"devices": {page: entry} if entry is not None else {}}, now))
+        values = self.feed.live_json(page)  # (its JSON made by the feed: most of the event)
+        return fields if not values else ("{" if fields == "{}" else fields[:-1] + ", ") + values + "}"
 
     # -- actions -----------------------------------------------------------------------------
 

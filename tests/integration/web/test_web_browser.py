@@ -143,10 +143,15 @@ async def test_a_write_without_login_is_refused_and_with_login_works(
 async def test_every_page_fits_a_phone(page: tuple[GatewayProcess, str], browser: WebDriver) -> None:
     from tests.support.browser import PHONE, set_viewport
 
-    _, url = page
+    gw, url = page
+    await asyncio.to_thread(gw.wait_status, lambda s: s["devices"]["meter-1"]["polls"] > 3)  # (charts to show)
     await step(set_viewport, browser, *PHONE)
     await step(log_in, browser, url)
     for path in ("/", "/devices", "/devices/meter-1", "/log"):
         await step(browser.get, url + path)
         width = await step(browser.execute_script, "return document.documentElement.scrollWidth")
         assert width <= PHONE[0], f"{path} is {width} px wide on a {PHONE[0]} px phone"
+    # The device page's charts are readable there: below their values, most of the screen wide.
+    await step(browser.get, url + "/devices/meter-1")
+    charts = await step(lambda: [c.size["width"] for c in browser.find_elements("css selector", "svg.chart")])
+    assert charts and min(charts) >= 0.7 * PHONE[0], f"charts {charts} px wide on a {PHONE[0]} px phone"

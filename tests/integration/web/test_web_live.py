@@ -8,13 +8,19 @@ import contextlib
 import itertools
 import socket
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from gateway.web.live import LiveStream
-from tests.support.wait import wait_until_async
+from gateway.web.server import STATIC
+from tests.support.browser import served
+from tests.support.wait import wait_until, wait_until_async
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +106,35 @@ async def test_the_number_of_listeners_is_bounded(stream: tuple[LiveStream, str]
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+ERROR_PAGE = """<!doctype html><html><head><title>errors</title><script src="/static/app.js" defer></script></head>
+<body data-live="dev"><p data-k="val.dev.p">1</p><p data-k="val.dev.p.error">timeout</p>
+<p data-k="val.dev.q.error">stale</p></body></html>"""
+
+
+def test_the_page_script_clears_an_error_that_the_stream_no_longer_sends(browser: WebDriver) -> None:
+    """An event carries a point's error key only while it has one: the page's script (the real
+    app.js) then shows the new value and no error, and leaves alone a point the event does not name."""
+    live = LiveStream(lambda device: {"val.dev.p": "2"} if device == "dev" else {}, interval=0.1)
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=ERROR_PAGE, content_type="text/html")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        return await live.handle(request, request.query.get("device", ""))
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/events", events)
+    app.router.add_static("/static", STATIC)
+
+    async def end_streams(_: web.Application) -> None:
+        await live.close()
+
+    app.on_shutdown.append(end_streams)  # (else the server's stop waits for the stream)
+    with served(app) as site:
+        browser.get(site.url + "/")
+        shown = lambda key: browser.find_element("css selector", f'[data-k="{key}"]').text  # noqa: E731
+        wait_until(lambda: shown("val.dev.p") == "2", 10, lambda: f"the new value, shown: {shown('val.dev.p')!r}")
+        assert (shown("val.dev.p.error"), shown("val.dev.q.error")) == ("", "stale")

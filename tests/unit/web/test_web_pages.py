@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from gateway.model import Batch, PointSet
@@ -80,3 +81,20 @@ def test_a_point_beyond_the_history_budget_says_it_has_no_chart() -> None:
     assert "no chart: the history is full (it keeps 2 MB at most)" in html
     assert "no chart: not a number" in html
     assert 'action="/devices/a-ok/write"' in html
+
+
+def test_a_point_without_numbers_so_far_says_so_not_that_the_history_is_full() -> None:
+    feed = Feed(History())
+    points = PointSet(("nan", "failed", "ok"), (None, None, None))
+    for i in range(3):
+        feed.observe(Batch("a-ok", NOW - 30_000 + i * 10_000, points, [math.nan, None, 1.0], {1: "timeout"}))
+    html = pages.device_page("a-ok", STATUS, feed, ("nan", "failed", "ok", "never"), "tok", NOW, writes=False)
+    assert "history is full" not in html
+    assert html.count("no chart yet: no number read so far") == 2 and html.count("<svg") == 1
+    assert "no readings yet" in html  # "never" was in no batch
+    full = Feed(History(max_bytes=3000))  # room for one point: "ok" gets it; the others had numbers once
+    points = PointSet(("ok", "nan", "failed"), (None, None, None))
+    full.observe(Batch("a-ok", NOW - 20_000, points, [1.0, 2.0, 3.0]))
+    full.observe(Batch("a-ok", NOW - 10_000, points, [4.0, math.nan, None], {2: "timeout"}))
+    html = pages.device_page("a-ok", STATUS, full, ("ok", "nan", "failed"), "tok", NOW, writes=False)
+    assert html.count("no number read lately, and the history is full") == 2 and html.count("<svg") == 1
