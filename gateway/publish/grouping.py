@@ -80,12 +80,15 @@ class Grouping:
         return out
 
     def _parts(self, device: str, group: list[StoredBatch]) -> list[Part]:
-        """``group`` as the device's entries: one, unless it holds poison or is over ``batch.max_bytes``
-        (then gateway.publish.payloads sets the poison aside and halves it, as for a device's own message)."""
+        """``group`` as the device's entries: one, unless it holds poison or would make a message over
+        ``batch.max_bytes`` with the envelope (then gateway.publish.payloads sets the poison aside and
+        halves it, as for a device's own message)."""
+        # An entry alone in a message takes the envelope and its slot in the array (1 byte) besides.
+        limit = self.mqtt.batch.max_bytes - self._envelope - 1
         try:  # the usual case first, without Payloads' bookkeeping: about half the cost of a small device's entry
             part = encode_part(device, group, self.mqtt.encoding)
         except Exception:
-            return self.payloads.of(device, group, part=True)
-        if len(part) > self.mqtt.batch.max_bytes:
-            return self.payloads.of(device, group, part=True)
+            return self.payloads.of(device, group, part=True, limit=limit)
+        if len(part) > limit:
+            return self.payloads.of(device, group, part=True, limit=limit)
         return [(group, part)]

@@ -42,10 +42,11 @@ class Payloads:
         self._oversize_logged: set[str] = set()  # devices whose poll was over batch.max_bytes
         self._poison_logged: set[str] = set()  # devices whose batch could not be encoded
 
-    def of(self, device: str, group: list[StoredBatch], *, part: bool = False) -> list[Part]:
+    def of(self, device: str, group: list[StoredBatch], *, part: bool = False, limit: int | None = None) -> list[Part]:
         """``group`` encoded, poison set aside, halved by batches until each message fits ``batch.max_bytes``.
 
-        With ``part``, each is the device's entry of a group message (gateway.wire.group), not deflated.
+        With ``part``, each is the device's entry of a group message (gateway.wire.group), not deflated,
+        and ``limit`` (bytes) is what an entry may take: ``batch.max_bytes`` less the group's envelope.
         """
         m = self.mqtt
         if part:
@@ -56,15 +57,15 @@ class Payloads:
             except Exception:  # poison somewhere: encode_parts below finds it
                 pass
             else:
-                return self._fit(device, group, payload, False)
+                return self._fit(device, group, payload, False, None)
             encode = functools.partial(encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress)
         parts, poison = encode_parts(encode, group)
         if poison:
             self._set_aside(device, poison)
-        return [fitted for batches, payload in parts for fitted in self._fit(device, batches, payload, part)]
+        return [fitted for batches, payload in parts for fitted in self._fit(device, batches, payload, part, limit)]
 
-    def _fit(self, device: str, group: list[StoredBatch], payload: bytes, part: bool) -> list[Part]:
-        limit = self.mqtt.batch.max_bytes
+    def _fit(self, device: str, group: list[StoredBatch], payload: bytes, part: bool, limit: int | None) -> list[Part]:
+        limit = self.mqtt.batch.max_bytes if limit is None else limit
         if len(payload) <= limit:
             return [(group, payload)]
         if len(group) == 1:  # one poll is never split: it goes alone, said once per device
@@ -74,7 +75,8 @@ class Payloads:
                             " sent as one message (logged once per device)", device, len(payload), limit)
             return [(group, payload)]
         half = len(group) // 2
-        return self.of(device, group[:half], part=part) + self.of(device, group[half:], part=part)
+        return (self.of(device, group[:half], part=part, limit=limit)
+                + self.of(device, group[half:], part=part, limit=limit))
 
     def _set_aside(self, device: str, poison: list[Poison]) -> None:
         """Keep batches that cannot be encoded out of the stream for good; said once per device."""

@@ -90,6 +90,21 @@ def test_max_bytes_bounds_the_whole_message() -> None:
         assert sum(len(devices_of(m)) for m in out) == 40
 
 
+def test_an_entry_just_under_max_bytes_is_halved_when_the_envelope_would_take_it_over() -> None:
+    """A device's entry between max_bytes less the envelope and max_bytes: alone it still makes a
+    message over the limit, so it is halved by polls like an entry over it (one poll goes alone)."""
+    gateway = "gateway-with-a-long-id"
+    for encoding in ("json", "cbor", "packed"):
+        mqtt = MqttSection(host="x", encoding=encoding, batch={"devices": 100, "max_bytes": 300})
+        g = Grouping(mqtt, gateway, Payloads(mqtt, gateway, Recorder()))
+        for polls in range(1, 40):
+            out = g.messages([("d", fetched([("d", 1)] * polls))])
+            for batches, payload in out:
+                assert len(payload) <= 300 or len(batches) == 1, (encoding, polls, len(payload), len(batches))
+            seqs = [r["seq"] for _, p in out for d in split_devices(decode_telemetry(p)) for r in d["readings"]]
+            assert seqs == list(range(1, polls + 1))
+
+
 def test_a_device_entry_over_max_bytes_is_halved_by_polls_into_messages_in_order() -> None:
     batches = fetched([("big", 20)] * 6)  # six polls of 20 points, about 1,100 bytes of JSON each
     out = grouping(max_bytes=1300).messages([("big", batches)])
