@@ -4,7 +4,8 @@ With one message per device per commit, a small device's poll can never cost les
 publish and its PUBACK. ``run_floor`` measures that in a process of its own, with nothing of the
 gateway around it: an aiomqtt client (the gateway's), telemetry handed straight to paho as the
 gateway's publisher does (gateway.publish.inflight), at most ``inflight`` messages awaiting their
-PUBACK (the gateway's ``mqtt.max_inflight``, default 20), ``rate`` messages a second sent in one
+PUBACK (the gateway's ``mqtt.max_inflight``, default 20, kept by a semaphore; paho keeps no limit of
+its own, as in the gateway), ``rate`` messages a second sent in one
 burst on each whole second of the monotonic clock (as a commit releases them), each message of
 ``payload`` bytes on a device topic of its own. The figure is the child's CPU time per message
 acked in the window.
@@ -54,7 +55,7 @@ async def _floor(host: str, port: int, rate: int, payload: int, inflight: int,
         acked += 1
         slots.release()
 
-    async with aiomqtt.Client(host, port, identifier="bench-floor", max_inflight_messages=inflight) as client:
+    async with aiomqtt.Client(host, port, identifier="bench-floor", max_inflight_messages=0) as client:
         paho = client._client  # as gateway.publish.inflight does: no task or Event per message
         paho.on_publish = on_publish
         start = loop.time() + warmup
