@@ -21,7 +21,6 @@ monotonic clock, as the scheduler's do.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.bench.groups import GroupShape
-from gateway.bench.run import LOOPBACK, BenchError, child_json, child_main
+from gateway.bench.run import LOOPBACK, BenchError, child_json, child_main, child_parser
 
 MODBUS_REGISTERS = 100  # holding registers 0..99, one uint16 point each
 MODBUS_INTERVAL = 0.1  # seconds between polls
@@ -265,15 +264,12 @@ async def _floor(client: str, port: int, unit: int, registers: int, interval: fl
 
 
 def _floor_cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gateway.bench.modbus",
-                                 description="The modbus scenario's floor: its polls with no gateway; prints JSON.")
+    ap = child_parser("python -m gateway.bench.modbus",
+                      "The modbus scenario's floor: its polls with no gateway; prints JSON.")
     ap.add_argument("--client", choices=FLOOR_CLIENTS, required=True)
-    ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--unit", type=int, default=1)
     ap.add_argument("--registers", type=int, default=MODBUS_REGISTERS)
     ap.add_argument("--interval", type=float, default=MODBUS_INTERVAL)
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--window", type=float, default=5.0)
     a = ap.parse_args(argv)
     return child_main(_floor(a.client, a.port, a.unit, a.registers, a.interval, a.warmup, a.window))
 

@@ -13,13 +13,12 @@ acked in the window.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
 from typing import Any
 
-from gateway.bench.run import LOOPBACK, BenchError, child_json, child_main
+from gateway.bench.run import LOOPBACK, BenchError, child_json, child_main, child_parser
 
 FLOOR_INFLIGHT = 20  # the gateway's default mqtt.max_inflight
 FLOOR_TOPICS = 1000  # distinct device topics the messages go to, in turn
@@ -86,15 +85,12 @@ async def _floor(host: str, port: int, rate: int, payload: int, inflight: int,
 
 
 def _floor_cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gateway.bench.mqttfloor",
-                                 description="The many scenario's floor: QoS 1 publishes with no gateway; prints JSON.")
+    ap = child_parser("python -m gateway.bench.mqttfloor",
+                      "The many scenario's floor: QoS 1 publishes with no gateway; prints JSON.")
     ap.add_argument("--host", default=LOOPBACK)
-    ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--rate", type=int, required=True, help="messages per second, sent once a second")
     ap.add_argument("--payload", type=int, default=100, help="bytes per message")
     ap.add_argument("--inflight", type=int, default=FLOOR_INFLIGHT)
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--window", type=float, default=5.0)
     a = ap.parse_args(argv)
     return child_main(_floor(a.host, a.port, a.rate, a.payload, a.inflight, a.warmup, a.window))
 

@@ -7,6 +7,7 @@ from ``/proc/<pid>/io``, and, at exit, all three for the whole run from ``wait4(
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -49,6 +50,16 @@ def child_json(argv: list[str], what: str, limit: float) -> dict[str, Any]:
         raise BenchError(f"{what}: {why}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def child_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A measuring child's arguments: ``--port`` of the server it measures against, ``--warmup``
+    and ``--window`` in seconds; the child adds its own."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--window", type=float, default=5.0)
+    return ap
 
 
 def child_main(measure: Coroutine[Any, Any, dict[str, Any]]) -> int:
