@@ -130,12 +130,17 @@ async def test_a_write_without_login_is_refused_and_with_login_works(
     await step(log_in, browser, url, "/devices/meter-1")
     await step(browser.delete_cookie, "gw_session")  # logged out behind the page's back (expired, restarted)
     await step(submit_write, browser, "22")
-    assert "log in first" in await step(lambda: css(browser, "body").text)
+    # The form's POST loads a new page; on a loaded machine the click may return before it has.
+    await step(wait_until, lambda: "log in first" in css(browser, "body").text, 10,
+               lambda: f"the refusal; the page says: {css(browser, 'body').text}")
     assert writes(server) == []
 
     await step(log_in, browser, url, "/devices/meter-1")
     await step(submit_write, browser, "22")
-    assert "Write setpoint = 22: ok, written holding 10 <- 00DC" in await step(lambda: css(browser, ".message").text)
+    done = "Write setpoint = 22: ok, written holding 10 <- 00DC"
+    await step(wait_until, lambda: bool(browser.find_elements("css selector", ".message"))
+               and done in css(browser, ".message").text, 10,
+               lambda: f"the write's result; the page says: {css(browser, 'body').text}")
     assert writes(server) == [Request(6, 10, 0)]
     assert "web: write meter-1.setpoint = '22' from 127.0.0.1: ok" in gw.log()
 
