@@ -58,6 +58,17 @@ def css(browser: WebDriver, selector: str) -> Any:
     return browser.find_element(By.CSS_SELECTOR, selector)
 
 
+def text_now(browser: WebDriver, selector: str = "body") -> str:
+    """The text of ``selector`` now, or "" while the page a form's POST loads has not replaced the
+    old one yet (its document then has no such element, or the old element is gone)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return str(css(browser, selector).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def text_of(browser: WebDriver, key: str) -> str:
     return str(css(browser, f'[data-k="{key}"]').text)
 
@@ -117,7 +128,9 @@ async def test_read_now_shows_the_frames(page: tuple[GatewayProcess, str], brows
     gw, url = page
     await step(log_in, browser, url, "/devices/meter-1")
     await step(lambda: css(browser, 'form[action="/devices/meter-1/read"] button').click())
-    section = await step(lambda: css(browser, "#read-now").text)
+    await step(wait_until, lambda: "setpoint" in text_now(browser, "#read-now"), 10,
+               lambda: f"the read's result; the page says: {text_now(browser)}")
+    section = await step(text_now, browser, "#read-now")
     frames = await step(lambda: [r.text for r in browser.find_elements("css selector", "table.frames tr")[1:]])
     assert any(" tx " in f" {r} " for r in frames) and any(" rx " in f" {r} " for r in frames), frames
     assert "setpoint" in section and "00C8" in section.upper()  # the raw register of 20.0 (200)
@@ -131,16 +144,15 @@ async def test_a_write_without_login_is_refused_and_with_login_works(
     await step(browser.delete_cookie, "gw_session")  # logged out behind the page's back (expired, restarted)
     await step(submit_write, browser, "22")
     # The form's POST loads a new page; on a loaded machine the click may return before it has.
-    await step(wait_until, lambda: "log in first" in css(browser, "body").text, 10,
-               lambda: f"the refusal; the page says: {css(browser, 'body').text}")
+    await step(wait_until, lambda: "log in first" in text_now(browser), 10,
+               lambda: f"the refusal; the page says: {text_now(browser)}")
     assert writes(server) == []
 
     await step(log_in, browser, url, "/devices/meter-1")
     await step(submit_write, browser, "22")
     done = "Write setpoint = 22: ok, written holding 10 <- 00DC"
-    await step(wait_until, lambda: bool(browser.find_elements("css selector", ".message"))
-               and done in css(browser, ".message").text, 10,
-               lambda: f"the write's result; the page says: {css(browser, 'body').text}")
+    await step(wait_until, lambda: done in text_now(browser, ".message"), 10,
+               lambda: f"the write's result; the page says: {text_now(browser)}")
     assert writes(server) == [Request(6, 10, 0)]
     assert "web: write meter-1.setpoint = '22' from 127.0.0.1: ok" in gw.log()
 
