@@ -17,7 +17,7 @@ from gateway.config.settings import MqttSection
 from gateway.model import StoredBatch
 from gateway.publish.payloads import Part, Payloads
 from gateway.wire.encoding import messages_of
-from gateway.wire.group import encode_group, encode_part, envelope_bytes
+from gateway.wire.group import encode_group, envelope_bytes
 
 GroupMessage = tuple[list[StoredBatch], bytes]  # the batches a message carries (rows to ack) and its payload
 
@@ -26,7 +26,8 @@ def ready_parts(batches: list[StoredBatch], max_readings: int, due: bool
                 ) -> tuple[list[list[StoredBatch]], list[StoredBatch]]:
     """A device's held batches cut into messages of ``max_readings``: those ready to go (all if
     ``due``, else only the full ones), and the batches to keep holding."""
-    groups = [group for _, group in messages_of(batches, max_readings)]
+    # one poll (the common case of a small device) is one message: no cutting to do
+    groups = [batches] if len(batches) == 1 else [group for _, group in messages_of(batches, max_readings)]
     if not due and sum(len(b) for b in groups[-1]) < max_readings:
         return groups[:-1], groups[-1]
     return groups, []
@@ -84,11 +85,4 @@ class Grouping:
         ``batch.max_bytes`` with the envelope (then gateway.publish.payloads sets the poison aside and
         halves it, as for a device's own message)."""
         # An entry alone in a message takes the envelope and its slot in the array (1 byte) besides.
-        limit = self.mqtt.batch.max_bytes - self._envelope - 1
-        try:  # the usual case first, without Payloads' bookkeeping: about half the cost of a small device's entry
-            part = encode_part(device, group, self.mqtt.encoding)
-        except Exception:
-            return self.payloads.of(device, group, part=True, limit=limit)
-        if len(part) > limit:
-            return self.payloads.of(device, group, part=True, limit=limit)
-        return [(group, part)]
+        return self.payloads.of(device, group, part=True, limit=self.mqtt.batch.max_bytes - self._envelope - 1)

@@ -49,16 +49,15 @@ class Payloads:
         and ``limit`` (bytes) is what an entry may take: ``batch.max_bytes`` less the group's envelope.
         """
         m = self.mqtt
-        if part:
-            encode: Encode = functools.partial(encode_part, device, fmt=m.encoding)
+        try:  # the common case first (no poison), without the partial and the lists of the general one
+            payload = (encode_part(device, group, m.encoding) if part
+                       else encode_telemetry(self.gateway_id, device, group, fmt=m.encoding, compress=m.compress))
+        except Exception:  # poison somewhere: encode_parts below finds it
+            pass
         else:
-            try:  # the common case, without the partial and the lists of the general one
-                payload = encode_telemetry(self.gateway_id, device, group, fmt=m.encoding, compress=m.compress)
-            except Exception:  # poison somewhere: encode_parts below finds it
-                pass
-            else:
-                return self._fit(device, group, payload, False, None)
-            encode = functools.partial(encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress)
+            return self._fit(device, group, payload, part, limit)
+        encode: Encode = (functools.partial(encode_part, device, fmt=m.encoding) if part else functools.partial(
+            encode_telemetry, self.gateway_id, device, fmt=m.encoding, compress=m.compress))
         parts, poison = encode_parts(encode, group)
         if poison:
             self._set_aside(device, poison)

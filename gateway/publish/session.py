@@ -22,11 +22,11 @@ import aiomqtt
 
 from gateway.model import StoredBatch
 from gateway.publish import fleetlink
+from gateway.publish.grouping import ready_parts
 from gateway.publish.inflight import InFlight, Sent
 from gateway.publish.mqttlink import LinkDead, PahoLog, pingresp_overdue
 from gateway.publish.payloads import json_payload
 from gateway.timers import SharedTimeout, sleep_until
-from gateway.wire.encoding import messages_of
 
 if TYPE_CHECKING:
     from gateway.publish.publisher import BufferLike, Publisher
@@ -287,13 +287,7 @@ class Session:
 
     async def _send_ready(self, device: str, batches: list[StoredBatch], due: bool) -> list[StoredBatch]:
         """Send the full messages of ``batches`` (all of them if ``due``); return what is left."""
-        limit = self.pub.mqtt.batch.max_readings
-        # one poll (the common case of a small device) is one message: no grouping to do
-        groups = [batches] if len(batches) == 1 else [group for _, group in messages_of(batches, limit)]
-        if not due and sum(len(b) for b in groups[-1]) < limit:
-            groups, keep = groups[:-1], groups[-1]
-        else:
-            keep = []
+        groups, keep = ready_parts(batches, self.pub.mqtt.batch.max_readings, due)
         loop = asyncio.get_running_loop()
         paced = self.pub.mqtt.max_rate is not None
         for group in groups:
