@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.publish as paho_publish
 import pytest
@@ -116,18 +116,32 @@ def platform(mosquitto: Mosquitto, keys: dict[str, Path]) -> Iterator[Platform]:
         yield Platform(mosquitto, keys, sub)
 
 
+class Running(NamedTuple):
+    """A gateway of the fleet config, started and seen by the platform: its config, its process and
+    the state it first reported."""
+
+    config: dict[str, Any]
+    gw: GatewayProcess
+    before: dict[str, Any]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
+          gateways: list[GatewayProcess]) -> Running:
+    config = fleet_config(tmp_path, mosquitto.port, keys)
+    gw = new_gateway(tmp_path, config, gateways)
+    return Running(config, gw, platform.start(gw))
+
+
 def _hup(gw: GatewayProcess) -> None:
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGHUP)
 
 
 def test_a_push_adds_a_device_survives_a_restart_and_a_local_edit_wins(
-    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
-    gateways: list[GatewayProcess],
+    fleet: Running, platform: Platform,
 ) -> None:
-    config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways)
-    before = platform.start(gw)
+    config, gw, before = fleet
     assert before["config"]["source"] == "local" and before["config"]["fleet_version"] is None
     platform.wait_state(lambda s: s["source"] == "local" and s["hash"] == before["config_hash"])
     pushed = dict(config, devices=[_sim("a"), _sim("b")])
@@ -165,12 +179,9 @@ def test_a_push_adds_a_device_survives_a_restart_and_a_local_edit_wins(
 
 
 def test_fleet_local_returns_to_the_local_file(
-    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
-    gateways: list[GatewayProcess],
+    fleet: Running, platform: Platform,
 ) -> None:
-    config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways)
-    before = platform.start(gw)
+    config, gw, before = fleet
     pushed = dict(config, devices=[_sim("a"), _sim("b")])
     platform.request("set", platform.body(config=pushed, version=3, expect=before["config_hash"]))
     platform.wait_result("r-1", "applied", timeout=TRIAL + 10)
@@ -182,12 +193,9 @@ def test_fleet_local_returns_to_the_local_file(
 
 
 def test_a_push_to_a_dead_broker_rolls_back_and_no_seq_is_missing(
-    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
-    gateways: list[GatewayProcess],
+    fleet: Running, platform: Platform, mosquitto: Mosquitto,
 ) -> None:
-    config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways)
-    before = platform.start(gw)
+    config, gw, before = fleet
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()))
     # a second push right behind it finds the first in its trial: refused (answered once the old broker is back)
     first = platform.envelope(platform.body(config=dead, version=1, expect=before["config_hash"]))
@@ -213,12 +221,9 @@ def test_a_push_to_a_dead_broker_rolls_back_and_no_seq_is_missing(
 
 
 def test_kill_during_a_trial_starts_the_previous_config(
-    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
-    gateways: list[GatewayProcess],
+    fleet: Running, platform: Platform,
 ) -> None:
-    config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways)
-    before = platform.start(gw)
+    config, gw, before = fleet
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()), devices=[_sim("a"), _sim("b")])
     platform.request("set", platform.body(config=dead, version=1, expect=before["config_hash"]))
     platform.wait_result("r-1", "trial")
@@ -234,12 +239,9 @@ def test_kill_during_a_trial_starts_the_previous_config(
 
 
 def test_a_sighup_during_a_trial_rolls_it_back_as_a_local_reload(
-    tmp_path: Path, mosquitto: Mosquitto, keys: dict[str, Path], platform: Platform,
-    gateways: list[GatewayProcess],
+    fleet: Running, platform: Platform,
 ) -> None:
-    config = fleet_config(tmp_path, mosquitto.port, keys)
-    gw = new_gateway(tmp_path, config, gateways)
-    before = platform.start(gw)
+    config, gw, before = fleet
     dead = dict(config, mqtt=dict(config["mqtt"], port=free_port()))
     platform.request("set", platform.body(config=dead, version=1, expect=before["config_hash"]))
     platform.wait_result("r-1", "trial")
