@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from gateway.bench.main import SCENARIOS, options_from_args
 from gateway.bench.report import render
 
@@ -23,12 +25,8 @@ def test_the_many_shapes_are_read_and_a_bad_one_is_named() -> None:
     assert options_from_args(args("many")).shapes == ((1000, 1), (100, 10))
     bad = args("many")
     bad.shapes = "1000x1,ten"
-    try:
+    with pytest.raises(ValueError, match="--shapes: 'ten' is not DEVICESxPOINTS"):
         options_from_args(bad)
-    except ValueError as exc:
-        assert "'ten'" in str(exc)
-    else:
-        raise AssertionError("a bad --shapes entry was taken")
 
 
 def test_the_web_table_gives_the_medians_and_the_increases() -> None:
