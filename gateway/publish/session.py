@@ -101,8 +101,13 @@ class Session:
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             self.on_up()
             # Not awaited: the drain need not wait for this SUBACK (a lost one still ends the session).
+            # QoS 0: on a clean session QoS 1 adds nothing here (a read-back lost is healed by the next
+            # periodic status), while a broker may need far more for it: NATS makes a JetStream consumer
+            # per QoS 1 subscription, and after a node's death that can hold the SUBACK (and the
+            # connection's PUBACKs behind it) for longer than publish_timeout, node after node.
             status_watch = self.tg.create_task(self.subscribe(
-                pub.status_topic, "watch of our own status (a late will is not answered)", level=logging.WARNING))
+                pub.status_topic, "watch of our own status (a late will is not answered)", qos=0,
+                level=logging.WARNING))
             if pub.on_command is not None:
                 self.commands_on = await self.subscribe(pub.command_topic, "remote commands")
             if pub.on_fleet is not None:
@@ -161,12 +166,13 @@ class Session:
             if waited is not None:
                 raise LinkDead(f"no PINGRESP within {waited:.0f} s, keepalive {keepalive} s")
 
-    async def subscribe(self, topic: str, what: str, *, level: int = logging.ERROR) -> bool:
-        """Subscribe (QoS 1) to ``topic``; False when the broker refused (its ACL), logged at ``level``."""
+    async def subscribe(self, topic: str, what: str, *, qos: int = 1, level: int = logging.ERROR) -> bool:
+        """Subscribe to ``topic`` (QoS 1 unless said); False when the broker refused (its ACL), logged at
+        ``level``."""
         pub = self.pub
         try:
             async with asyncio.timeout(pub.mqtt.publish_timeout):
-                granted = await self.client.subscribe(topic, qos=1, timeout=math.inf)
+                granted = await self.client.subscribe(topic, qos=qos, timeout=math.inf)
         except TimeoutError:
             raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
         code = granted[0] if granted else 128

@@ -23,7 +23,10 @@ from tests.support.broker import LOOPBACK, Subscriber
 from tests.support.nats import NatsCluster
 from tests.support.wait import wait_until
 
-pytestmark = pytest.mark.integration
+# serial_only: the cluster's Raft elections run on timers and heartbeats, and on two busy cores beside
+# other tests they stretched past RECOVERY once (the survivor's subscriber was still short of the
+# acked messages after 30 s), so this file runs in the second pass, alone.
+pytestmark = [pytest.mark.integration, pytest.mark.serial_only]
 
 MESSAGES = 50
 QUEUED = 5
