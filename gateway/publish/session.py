@@ -71,6 +71,13 @@ class Session:
         self.signals = signals
         self.on_up = on_up
         self.commands_on = False  # subscribed to remote commands (the broker sent a SUBACK)
+        # Subscriptions the broker refused on this connection (topic -> what it is for, its QoS), tried
+        # again once per status_period: an ACL fixed later, or a refusal that was the broker's
+        # trouble (NATS refuses a QoS 1 subscription whose JetStream consumer it could not make in
+        # time, as after a node's death), must not leave commands or fleet requests off until the
+        # next reconnect, which may be weeks away.
+        self._refused: dict[str, tuple[str, int]] = {}
+        self._retry_at = 0.0  # loop time of the next try of the refused ones (set at a first refusal)
         self.window = asyncio.Semaphore(pub.mqtt.max_inflight)
         self._puback = SharedTimeout(pub.mqtt.publish_timeout)  # a PUBACK later than this: link dead
         self.tg = asyncio.TaskGroup()
@@ -168,7 +175,7 @@ class Session:
 
     async def subscribe(self, topic: str, what: str, *, qos: int = 1, level: int = logging.ERROR) -> bool:
         """Subscribe to ``topic`` (QoS 1 unless said); False when the broker refused (its ACL), logged at
-        ``level``."""
+        ``level`` the first time on this connection, and tried again once per status_period."""
         pub = self.pub
         try:
             async with asyncio.timeout(pub.mqtt.publish_timeout):
@@ -177,11 +184,28 @@ class Session:
             raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
         code = granted[0] if granted else 128
         if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
-            log.log(level, "the broker refused the subscription to %s (its ACL?): no %s on this connection",
-                    topic, what)
+            if topic not in self._refused:
+                log.log(level, "the broker refused the subscription to %s (its ACL?): no %s until it is "
+                        "granted (tried again every %g s)", topic, what, pub.status_period)
+                self._refused[topic] = (what, qos)
+                self._retry_at = asyncio.get_running_loop().time() + pub.status_period
             return False
-        log.debug("subscribed to %s on %s", what, topic)
+        if self._refused.pop(topic, None) is not None:
+            log.info("subscribed to %s on %s: the broker granted it on a later try", what, topic)
+        else:
+            log.debug("subscribed to %s on %s", what, topic)
         return True
+
+    async def _retry_refused(self) -> None:
+        """Subscribe again to what the broker refused, once per status_period."""
+        loop, pub = asyncio.get_running_loop(), self.pub
+        if not self._refused or loop.time() < self._retry_at:
+            return
+        self._retry_at = loop.time() + pub.status_period
+        for topic, (what, qos) in list(self._refused.items()):
+            if await self.subscribe(topic, what, qos=qos) and topic == pub.command_topic:
+                self.commands_on = True
+                pub.status_changed()  # commands.subscribed in the status
 
     def _status_read_back(self, message: aiomqtt.Message) -> None:
         """Our status topic says ``offline`` while we are connected (a will of a node we left, landed
@@ -246,6 +270,7 @@ class Session:
             self.signals.status_due.clear()
             await self._publish(pub.status_topic, pub.status_payload("online"), retain=True)
             pub.status_acks += 1
+            await self._retry_refused()
             await asyncio.sleep(STATUS_MIN_GAP)
 
     async def _drain(self) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish as paho_publish
 import pytest
 
+from gateway.bench.nats_cluster import mqtt_connack
 from gateway.buffer.queue import Buffer
 from gateway.config.settings import MqttSection, TlsSection
 from gateway.model import Batch, PointSet, StoredBatch
@@ -29,7 +32,9 @@ from tests.support.broker import (
     status_seen,
     telemetry,
 )
-from tests.support.wait import wait_until_async
+from tests.support.needs import require_tool
+from tests.support.ports import free_port
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -461,3 +466,85 @@ async def test_max_rate_paces_a_backlog(
     assert_in_order(got, buf.total(), exact=True)
     # A burst of one second's worth (400) goes at once, the other 100 at 400/s: 0.25 s more.
     assert time.monotonic() - first >= 0.2
+
+
+class SoloNats:
+    """One nats-server with JetStream and an MQTT listener, whose one user ``gw`` may subscribe to
+    everything but the gateway's command topics until ``allow_commands()`` reloads its config."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.exe = require_tool("nats-server", "nats-server")
+        self.workdir, self.client_port, self.mqtt_port = workdir, free_port(), free_port()
+        self.conf = workdir / "nats.conf"
+        self.log_path = workdir / "nats.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _write(self, deny: bool) -> None:
+        denied = f', deny: ["city.{GW}.*.cmd"]' if deny else ""  # MQTT city/gw/+/cmd in NATS subjects
+        self.conf.write_text("\n".join([
+            f"listen: 127.0.0.1:{self.client_port}", "server_name: solo",
+            f'jetstream {{ store_dir: "{self.workdir / "js"}", max_mem: 16M, max_file: 64M }}',
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}",
+            f'authorization {{ users: [ {{user: gw, password: pw, permissions: {{publish: ">", '
+            f'subscribe: {{allow: ">"{denied}}}}}}} ] }}',
+        ]) + "\n")
+
+    def start(self) -> None:
+        self._write(deny=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=log)
+        # Any CONNACK (here "not authorized": the probe has no password) means MQTT is served.
+        wait_until(lambda: mqtt_connack("127.0.0.1", self.mqtt_port) is not None, 20, "nats-server's MQTT listener")
+
+    def allow_commands(self) -> None:
+        assert self.proc is not None
+        self._write(deny=False)
+        self.proc.send_signal(signal.SIGHUP)  # nats-server reloads its config, permissions included
+        wait_until(lambda: "Reloaded server configuration" in self.log(), 10, "nats-server's reload")
+
+    def violations(self) -> int:
+        return self.log().count("Subscription Violation")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+async def test_a_refused_subscription_is_tried_again_on_the_same_connection_until_granted(
+    tmp_path: Path, start_publisher: StartPublisher, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker refuses the command topics (NATS: a subscribe permission; also what NATS answers when
+    it cannot make a QoS 1 subscription's JetStream consumer in time). Refused once per connection in
+    the log, tried again every status_period without a line each, granted once the broker allows it:
+    commands then work, on the same connection."""
+    nats = SoloNats(tmp_path)
+    nats.start()
+    try:
+        answered: list[tuple[str, bytes]] = []
+
+        async def on_command(device: str, payload: bytes, retained: bool) -> dict[str, Any]:
+            answered.append((device, payload))
+            return {"ok": True}
+
+        caplog.set_level(logging.INFO, logger="gateway.publish.publisher")
+        mqtt = settings("127.0.0.1", nats.mqtt_port, username="gw", password="pw")
+        pub = await start_publisher(mqtt, FakeBuffer(), status_period=0.3, on_command=on_command)
+        await wait_until_async(lambda: nats.violations() >= 3, 20, "the refusal and two tries again")
+        assert not pub.commands_subscribed
+        refusals = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
+        assert refusals == [f"the broker refused the subscription to city/{GW}/+/cmd (its ACL?): no remote "
+                            "commands until it is granted (tried again every 0.3 s)"]
+
+        nats.allow_commands()
+        await wait_until_async(lambda: pub.commands_subscribed, 10, "the command topics granted on a later try")
+        assert pub.connects == 1  # the same connection: tried again, not reconnected
+        assert any("granted it on a later try" in r.getMessage() for r in caplog.records)
+        await asyncio.to_thread(paho_publish.single, f"city/{GW}/meter-1/cmd", b'{"id": "c-1"}', qos=1,
+                                hostname="127.0.0.1", port=nats.mqtt_port, auth={"username": "gw", "password": "pw"})
+        await wait_until_async(lambda: answered == [("meter-1", b'{"id": "c-1"}')], 10, "the command answered")
+    finally:
+        nats.stop()
