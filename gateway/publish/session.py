@@ -44,6 +44,11 @@ MAX_COMMANDS = 32  # remote commands in progress per session; beyond that one is
 CommandHandler = Callable[[str, bytes, bool], Awaitable[dict[str, Any]]]
 
 
+def _is_refusal(code: Any) -> bool:
+    """A SUBACK code that refuses (MQTT 5 reason codes from 0x80; 3.1.1's one failure code is 0x80)."""
+    return bool(getattr(code, "is_failure", False)) or getattr(code, "value", code) == 128
+
+
 @dataclass(slots=True)
 class Signals:
     """What the publisher tells its session of the moment (and the buffer tells both)."""
@@ -175,35 +180,43 @@ class Session:
 
     async def subscribe(self, topic: str, what: str, *, qos: int = 1, level: int = logging.ERROR) -> bool:
         """Subscribe to ``topic`` (QoS 1 unless said); False when the broker refused (its ACL), logged at
-        ``level`` the first time on this connection, and tried again once per status_period."""
+        ``level`` once on this connection, and tried again with the periodic status."""
+        granted = await self._subscribe([(topic, qos)])
+        if _is_refusal(granted[0] if granted else 128):
+            if not self._refused:  # the first refusal sets the retry; a later one does not push it back
+                self._retry_at = asyncio.get_running_loop().time() + self.pub.status_period
+            self._refused[topic] = (what, qos)
+            log.log(level, "the broker refused the subscription to %s (its ACL?): no %s until it is granted "
+                    "(tried again with the periodic status)", topic, what)
+            return False
+        log.debug("subscribed to %s on %s", what, topic)
+        return True
+
+    async def _subscribe(self, topics: list[tuple[str, int]]) -> list[Any]:
+        """One SUBSCRIBE for ``topics``; their SUBACK's codes, in order."""
         pub = self.pub
         try:
             async with asyncio.timeout(pub.mqtt.publish_timeout):
-                granted = await self.client.subscribe(topic, qos=qos, timeout=math.inf)
+                return list(await self.client.subscribe(topics, timeout=math.inf))
         except TimeoutError:
             raise LinkDead(f"no SUBACK within {pub.mqtt.publish_timeout:g} s") from None
-        code = granted[0] if granted else 128
-        if getattr(code, "is_failure", False) or getattr(code, "value", code) == 128:
-            if topic not in self._refused:
-                log.log(level, "the broker refused the subscription to %s (its ACL?): no %s until it is "
-                        "granted (tried again every %g s)", topic, what, pub.status_period)
-                self._refused[topic] = (what, qos)
-                self._retry_at = asyncio.get_running_loop().time() + pub.status_period
-            return False
-        if self._refused.pop(topic, None) is not None:
-            log.info("subscribed to %s on %s: the broker granted it on a later try", what, topic)
-        else:
-            log.debug("subscribed to %s on %s", what, topic)
-        return True
 
     async def _retry_refused(self) -> None:
-        """Subscribe again to what the broker refused, once per status_period."""
+        """Subscribe again, in one SUBSCRIBE, to what the broker refused on this connection, at most
+        once per status_period (a broker that holds SUBACKs holds this connection's PUBACKs behind
+        them: one request, not one per topic). A refusal again is not logged again."""
         loop, pub = asyncio.get_running_loop(), self.pub
         if not self._refused or loop.time() < self._retry_at:
             return
         self._retry_at = loop.time() + pub.status_period
-        for topic, (what, qos) in list(self._refused.items()):
-            if await self.subscribe(topic, what, qos=qos) and topic == pub.command_topic:
+        tried = list(self._refused.items())
+        granted = await self._subscribe([(topic, qos) for topic, (_, qos) in tried])
+        for (topic, (what, _)), code in zip(tried, granted, strict=False):
+            if _is_refusal(code):
+                continue
+            del self._refused[topic]
+            log.info("subscribed to %s on %s: the broker granted it on a later try", what, topic)
+            if topic == pub.command_topic:
                 self.commands_on = True
                 pub.status_changed()  # commands.subscribed in the status
 

@@ -21,6 +21,7 @@ from tests.support.broker import LOOPBACK, Subscriber, has_all, telemetry
 from tests.support.faults import assert_accounted, sim_device
 from tests.support.gateway_proc import GatewayProcess, base_config, drain_devices, new_gateway
 from tests.support.nats import NatsCluster, NatsNode
+from tests.support.wait import wait_until
 
 # serial_only: the cluster's Raft elections run on timers and heartbeats; on two busy cores beside
 # other tests a CI run saw the survivors take longer than MOVE_DEADLINE to answer the gateway's
@@ -70,7 +71,10 @@ def test_node_down_failover_and_fail_back_lose_nothing(
     gw = new_gateway(tmp_path, _config(tmp_path, nats_cluster, flag), gateways)
     # Subscribed before the gateway starts: NATS keeps nothing for a subscription not made yet.
     with Subscriber(LOOPBACK, watcher.mqtt_port, "city/#") as sub:
-        consumers = _mqtt_consumers(primary)
+        # The watcher's own consumers (its "city/#" is two NATS subjects, so two), once the primary
+        # lists them: made on another node, they reach the primary's /jsz a moment after the SUBACK.
+        consumers = wait_until(lambda: [names for names in [_mqtt_consumers(primary)] if len(names) >= 2], 10,
+                               "the watcher's two consumers listed on the primary")[0]
         gw.start()
         gw.wait_status(_on(primary.server), timeout=30)
         # Readings flowing (every commit, 200 ms, publishes), so some are in flight at the kill.

@@ -7,7 +7,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -514,37 +514,45 @@ class SoloNats:
             self.proc.wait(10)
 
 
+@pytest.fixture
+def solo_nats(tmp_path: Path) -> Iterator[SoloNats]:
+    """A started SoloNats; asked for before start_publisher, it is stopped after the publisher."""
+    nats = SoloNats(tmp_path)
+    try:
+        nats.start()
+        yield nats
+    finally:
+        nats.stop()
+
+
 async def test_a_refused_subscription_is_tried_again_on_the_same_connection_until_granted(
-    tmp_path: Path, start_publisher: StartPublisher, caplog: pytest.LogCaptureFixture,
+    solo_nats: SoloNats, start_publisher: StartPublisher, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker refuses the command topics (NATS: a subscribe permission; also what NATS answers when
     it cannot make a QoS 1 subscription's JetStream consumer in time). Refused once per connection in
     the log, tried again every status_period without a line each, granted once the broker allows it:
     commands then work, on the same connection."""
-    nats = SoloNats(tmp_path)
-    nats.start()
-    try:
-        answered: list[tuple[str, bytes]] = []
+    nats = solo_nats
+    answered: list[tuple[str, bytes]] = []
 
-        async def on_command(device: str, payload: bytes, retained: bool) -> dict[str, Any]:
-            answered.append((device, payload))
-            return {"ok": True}
+    async def on_command(device: str, payload: bytes, retained: bool) -> dict[str, Any]:
+        answered.append((device, payload))
+        return {"ok": True}
 
-        caplog.set_level(logging.INFO, logger="gateway.publish.publisher")
-        mqtt = settings("127.0.0.1", nats.mqtt_port, username="gw", password="pw")
-        pub = await start_publisher(mqtt, FakeBuffer(), status_period=0.3, on_command=on_command)
-        await wait_until_async(lambda: nats.violations() >= 3, 20, "the refusal and two tries again")
-        assert not pub.commands_subscribed
-        refusals = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
-        assert refusals == [f"the broker refused the subscription to city/{GW}/+/cmd (its ACL?): no remote "
-                            "commands until it is granted (tried again every 0.3 s)"]
+    caplog.set_level(logging.INFO, logger="gateway.publish.publisher")
+    mqtt = settings("127.0.0.1", nats.mqtt_port, username="gw", password="pw")
+    pub = await start_publisher(mqtt, FakeBuffer(), status_period=0.3, on_command=on_command)
+    await wait_until_async(lambda: nats.violations() >= 3, 20, "the refusal and two tries again")
+    assert not pub.commands_subscribed
+    refusals = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
+    assert refusals == [f"the broker refused the subscription to city/{GW}/+/cmd (its ACL?): no remote "
+                        "commands until it is granted (tried again with the periodic status)"]
 
-        nats.allow_commands()
-        await wait_until_async(lambda: pub.commands_subscribed, 10, "the command topics granted on a later try")
-        assert pub.connects == 1  # the same connection: tried again, not reconnected
-        assert any("granted it on a later try" in r.getMessage() for r in caplog.records)
-        await asyncio.to_thread(paho_publish.single, f"city/{GW}/meter-1/cmd", b'{"id": "c-1"}', qos=1,
-                                hostname="127.0.0.1", port=nats.mqtt_port, auth={"username": "gw", "password": "pw"})
-        await wait_until_async(lambda: answered == [("meter-1", b'{"id": "c-1"}')], 10, "the command answered")
-    finally:
-        nats.stop()
+    nats.allow_commands()
+    await wait_until_async(lambda: pub.commands_subscribed, 10, "the command topics granted on a later try")
+    assert pub.connects == 1  # the same connection: tried again, not reconnected
+    granted = [r.getMessage() for r in caplog.records if "granted it on a later try" in r.getMessage()]
+    assert granted == [f"subscribed to remote commands on city/{GW}/+/cmd: the broker granted it on a later try"]
+    await asyncio.to_thread(paho_publish.single, f"city/{GW}/meter-1/cmd", b'{"id": "c-1"}', qos=1,
+                            hostname="127.0.0.1", port=nats.mqtt_port, auth={"username": "gw", "password": "pw"})
+    await wait_until_async(lambda: answered == [("meter-1", b'{"id": "c-1"}')], 10, "the command answered")
