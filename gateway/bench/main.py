@@ -33,7 +33,7 @@ from gateway.bench.report import Progress
 from gateway.bench.run import LOOPBACK, BenchError, private_broker
 from gateway.bench.steps import RunSteps
 
-FLOOR_WINDOW = 5.0  # seconds each client of the modbus floor is measured (at most --duration)
+FLOOR_WINDOW = 5.0  # seconds each floor (the modbus clients', the MQTT client's) is measured (at most --duration)
 SCENARIOS = ("load", "saturation", "moderate", "modbus", "drain", "wire", "startup", "failover", "many")
 ON_REQUEST = ("web",)  # run only when named (web: ten moderate runs, about 3 minutes)
 MODERATE_INTERVAL = 1.0  # the moderate load: --devices x --points every second

@@ -11,6 +11,7 @@ from gateway.daemon.buildinfo import build_info
 
 if TYPE_CHECKING:
     from gateway.daemon.daemon import Daemon
+    from gateway.poll.device import DeviceTask
 
 
 def status_document(daemon: Daemon) -> dict[str, Any]:
@@ -63,15 +64,17 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
 
 
 def _devices(daemon: Daemon) -> dict[str, dict[str, Any]]:
-    return {name: entry for name in daemon.scheduler.tasks if (entry := device_entry(daemon, name)) is not None}
+    return {name: _entry(daemon, name, task) for name, task in daemon.scheduler.tasks.items()}
 
 
 def device_entry(daemon: Daemon, name: str) -> dict[str, Any] | None:
     """One polled device's entry of the document's ``devices`` (None: no such device), on its own:
     what the technician's page shows of a device once a second, without the whole document."""
     task = daemon.scheduler.tasks.get(name)
-    if task is None:
-        return None
+    return None if task is None else _entry(daemon, name, task)
+
+
+def _entry(daemon: Daemon, name: str, task: DeviceTask) -> dict[str, Any]:
     entry: dict[str, Any] = task.health.as_dict()
     entry["seq"] = daemon.buffer.next_seq(name) - 1  # the last number given to a committed reading
     counters = getattr(task.driver, "counters", None)

@@ -94,8 +94,5 @@ class Scheduler:
         await asyncio.gather(*(t.stop() for t in self.tasks.values()))
         self.tasks.clear()
 
-    def health(self) -> dict[str, dict[str, object]]:
-        return {name: task.health.as_dict() for name, task in self.tasks.items()}
-
     def all_alive(self) -> bool:
         return all(task.alive for task in self.tasks.values())

@@ -15,8 +15,6 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.model import Batch
-
 NAN = math.nan
 # What a tracked point costs besides its array: its slot in its device's dict (8-byte index and a
 # 24-byte entry, up to three times over as the dict grows by doubling and fills to 2/3) and its
@@ -60,30 +58,6 @@ class History:
             if ring is None:
                 return
         self._count(ring, value, ts_ms // self.bucket_ms)
-
-    def add_batch(self, batch: Batch) -> None:
-        """``add`` each numeric value of ``batch`` (None, text and the like have no chart)."""
-        points = self._devices.get(batch.device, {})
-        number = batch.ts // self.bucket_ms
-        slot = 3 * (number % self.buckets)
-        count = self._count
-        for name, value in zip(batch.points.names, batch.values, strict=False):
-            if (value.__class__ is not float and not isinstance(value, (int, float))) or value != value:
-                continue  # no chart for text, None or NaN
-            ring = points.get(name)
-            if ring is None:
-                ring = self._start(batch.device, name)
-                if ring is None:
-                    continue
-                points = self._devices[batch.device]
-            if ring[-1] == number:  # _count's common case, inline: it runs for every reading
-                if value < ring[slot]:
-                    ring[slot] = value
-                elif value > ring[slot + 1]:
-                    ring[slot + 1] = value
-                ring[slot + 2] = value
-            else:
-                count(ring, value, number)
 
     def add_bucket(self, device: str, names: Sequence[str], number: int, lows: Sequence[Any],
                    highs: Sequence[Any], lasts: Sequence[Any]) -> None:

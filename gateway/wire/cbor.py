@@ -43,11 +43,11 @@ _layouts: dict[tuple[tuple[str, ...], tuple[str | None, ...], tuple[type, ...], 
 class _Layout:
     """How one kind of batch is written: ``pack(*args)`` with seq, ts and values put into ``args``."""
 
-    __slots__ = ("args", "n", "names", "pack", "units")
+    __slots__ = ("args", "n", "pack")
 
     def __init__(self, names: tuple[str, ...], units: tuple[str | None, ...], types: tuple[type, ...],
                  wide_seq: bool, wide_int: bool) -> None:
-        self.names, self.units, self.n = names, units, len(names)
+        self.n = len(names)
         fmt = [">"]
         args: list[Any] = []
         seq_head, seq_code = (b"\x1b", "Q") if wide_seq else (b"\x1a", "I")

@@ -8,7 +8,6 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Batch, PointSet
 from gateway.web.history import History
 
 T0 = 1_764_000_000_000  # a bucket boundary (epoch ms, a multiple of 10 s)
@@ -74,16 +73,16 @@ def test_nan_is_skipped_and_infinities_are_values() -> None:
     h.add("d", "p", 2.0, T0)
     assert h.series("d", "p") == [(T0, -math.inf, 2.0, 2.0)]
     h.add("d", "only-nan", math.nan, T0)  # NaN alone starts no history (whose newest bucket would be none)
-    h.add_batch(Batch("d", T0, PointSet(("nan-too",), (None,)), [math.nan]))
     assert not h.tracked("d", "only-nan") and h.series("d", "only-nan") is None
-    assert not h.tracked("d", "nan-too")
 
 
-def test_a_batch_adds_its_numeric_values_only() -> None:
+def test_a_bucket_adds_its_numeric_points_only() -> None:
     h = History()
-    points = PointSet(("flow", "status", "alarm", "count", "broken"), (None,) * 5)
-    h.add_batch(Batch("meter", T0 + 7, points, [1.5, "OK", True, 7, None], {4: "timeout"}))
-    h.add_batch(Batch("meter", T0 + S, points, [2.5, "OK", False, 8, None]))
+    names = ("flow", "status", "alarm", "count", "broken")
+    h.add_bucket("meter", names, T0 // S, [1.5, "OK", True, 7, None], [1.5, "OK", True, 7, None],
+                 [1.5, "OK", True, 7, None])
+    h.add_bucket("meter", names, T0 // S + 1, [2.5, "OK", False, 8, None], [2.5, "OK", False, 8, None],
+                 [2.5, "OK", False, 8, None])
     assert h.series("meter", "flow") == [(T0, 1.5, 1.5, 1.5), (T0 + S, 2.5, 2.5, 2.5)]
     assert h.series("meter", "alarm") == [(T0, 1.0, 1.0, 1.0), (T0 + S, 0.0, 0.0, 0.0)]
     assert h.tracked("meter", "count")
@@ -178,19 +177,3 @@ def test_the_budget_holds_with_thousands_of_points() -> None:
     assert not h.full and not h.tracked("device-0000", "point-0000")
     h.add("device-0039", "point-0099", 1.0, T0)
     assert h.tracked("device-0039", "point-0099")
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(times, st.lists(st.one_of(values, st.just(math.nan), st.none()), min_size=3, max_size=3)),
-                min_size=1, max_size=40), st.integers(1, 20))
-def test_a_batch_counts_as_its_values_one_by_one(batches: list[tuple[int, list[float | None]]], n: int) -> None:
-    """add_batch (with the common case inline) leaves every point as add does, in any order."""
-    by_batch, by_value = History(buckets=n), History(buckets=n)
-    points = PointSet(("a", "b", "c"), (None,) * 3)
-    for ts, vals in batches:
-        by_batch.add_batch(Batch("d", ts, points, list(vals)))
-        for name, value in zip(points.names, vals, strict=True):
-            if value is not None:
-                by_value.add("d", name, value, ts)
-    for name in points.names:
-        assert by_batch.series("d", name) == by_value.series("d", name)
