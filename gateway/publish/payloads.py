@@ -70,8 +70,9 @@ class Payloads:
         if len(group) == 1:  # one poll is never split: it goes alone, said once per device
             if device not in self._oversize_logged:
                 self._oversize_logged.add(device)
-                log.warning("one poll of device %s encodes to %d bytes, over mqtt.batch.max_bytes (%d):"
-                            " sent as one message (logged once per device)", device, len(payload), limit)
+                room = "" if limit == self.mqtt.batch.max_bytes else ", less a group message's envelope"
+                log.warning("one poll of device %s encodes to %d bytes, over mqtt.batch.max_bytes (%d%s):"
+                            " sent as one message (logged once per device)", device, len(payload), limit, room)
             return [(group, payload)]
         half = len(group) // 2
         return (self.of(device, group[:half], part=part, limit=limit)

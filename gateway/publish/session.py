@@ -121,7 +121,7 @@ class Session:
                 pub.status_topic, "watch of our own status (a late will is not answered)", qos=0,
                 level=logging.WARNING))
             if pub.on_command is not None:
-                self.commands_on = await self.subscribe(pub.command_topic, "remote commands")
+                await self.subscribe(pub.command_topic, "remote commands")
             if pub.on_fleet is not None:
                 await fleetlink.subscribe(self)
             loops = [self.tg.create_task(self._status_loop(), name="mqtt-status"),
@@ -190,7 +190,13 @@ class Session:
                     "(tried again with the periodic status)", topic, what)
             return False
         log.debug("subscribed to %s on %s", what, topic)
+        self._granted(topic)
         return True
+
+    def _granted(self, topic: str) -> None:
+        if topic == self.pub.command_topic:
+            self.commands_on = True
+            self.pub.status_changed()  # commands.subscribed in the status (the first one went out before)
 
     async def _subscribe(self, topics: list[tuple[str, int]]) -> list[Any]:
         """One SUBSCRIBE for ``topics``; their SUBACK's codes, in order."""
@@ -216,9 +222,7 @@ class Session:
                 continue
             del self._refused[topic]
             log.info("subscribed to %s on %s: the broker granted it on a later try", what, topic)
-            if topic == pub.command_topic:
-                self.commands_on = True
-                pub.status_changed()  # commands.subscribed in the status
+            self._granted(topic)
 
     def _status_read_back(self, message: aiomqtt.Message) -> None:
         """Our status topic says ``offline`` while we are connected (a will of a node we left, landed

@@ -87,7 +87,8 @@ def gateways() -> Iterator[list[GatewayProcess]]:
 
 @pytest.fixture
 async def start_publisher() -> AsyncIterator[StartPublisher]:
-    """``await start_publisher(mqtt, buffer, **kw)`` -> a running Publisher, stopped at the end."""
+    """``await start_publisher(mqtt, buffer, **kw)`` -> a running Publisher, stopped at the end (``kw``
+    may replace its ``status``)."""
     running: list[tuple[Publisher, asyncio.Task[None]]] = []
     calls = itertools.count(1)
 
@@ -96,7 +97,7 @@ async def start_publisher() -> AsyncIterator[StartPublisher]:
 
     async def start(mqtt: MqttSection, buffer: Any, **kw: Any) -> Publisher:
         kw = {"backoff_initial": 0.05, "backoff_max": 0.5, **kw}
-        pub = Publisher(mqtt, gateway_id=TEST_GATEWAY_ID, buffer=buffer, status=status, **kw)
+        pub = Publisher(mqtt, gateway_id=TEST_GATEWAY_ID, buffer=buffer, **{"status": status, **kw})
         running.append((pub, asyncio.create_task(pub.run(), name="publisher")))
         return pub
 

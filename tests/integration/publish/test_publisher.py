@@ -296,6 +296,26 @@ async def test_status_changed_republishes_soon(
     assert got[1].doc["n"] > got[0].doc["n"]  # a fresh status() call
 
 
+async def test_the_status_says_commands_are_subscribed_as_soon_as_they_are(
+    mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher,
+) -> None:
+    """The first status goes out before the command topics' SUBACK: the grant asks for another at
+    once, not a status_period later."""
+    sub = subscribe(STATUS_TOPIC)
+    pubs: list[Publisher] = []
+
+    async def on_command(device: str, payload: bytes, retained: bool) -> dict[str, Any]:
+        return {"ok": True}
+
+    def status() -> dict[str, Any]:
+        return {"schema": 1, "state": "online", "subscribed": bool(pubs) and pubs[0].commands_subscribed}
+
+    pubs.append(await start_publisher(settings(mosquitto.host, mosquitto.port), FakeBuffer(), status=status,
+                                      status_period=3600, on_command=on_command))
+    got = await sub.wait_for_async(lambda ms: any(m.doc.get("subscribed") for m in ms), timeout=5)
+    assert got[0].doc["subscribed"] is False  # the first, before the SUBACK
+
+
 async def test_drains_the_real_buffer_through_an_outage_and_empties_it(
     mosquitto: Mosquitto, subscribe: Callable[..., Subscriber], start_publisher: StartPublisher, tmp_path: Path,
 ) -> None:
